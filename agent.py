@@ -1,0 +1,713 @@
+"""
+agent.py -- the LM agent both algorithms share: config and CLI, tokenizer, tiny model, base warm-up,
+batched multi-turn rollouts with a KV cache, scoring the same tokens with and without PI, evaluation,
+metrics log, checkpoints. pi_distill.py and opsd.py add only their loss and their training step.
+
+An episode is one token sequence:  prompt | continuation.
+    prompt        <|system|> system text [PI block] <|end|> <|user|> request <|end|>
+    continuation  <|assistant|> step1 action <|end|> <|tool|> observation <|end|> <|assistant|> step2 action ...
+The teacher's prompt holds the PI block, the student's does not; the continuation is the same tokens in
+both views, and only the tokens the model wrote (actions and their <|end|>) get loss, ratios and KL.
+
+    python agent.py                 # builds (or loads) the base model and prints its statistics
+    python agent.py --bench=True    # rollout tokens/s beside HF generate; update step beside fwd+bwd
+"""
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import tiktoken
+import torch
+import torch.nn.functional as F
+
+import toy_env
+
+# Tiny models trained on CPU produce denormal floats in attention's backward pass, which run ~20x slower.
+torch.set_flush_denormal(True)
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    out_dir: str = "runs/agent"
+    device: str = "auto"               # auto = cuda -> mps -> cpu
+    resume: bool = False               # continue the run saved in out_dir/ckpt.pt
+    # the model: empty = the tiny Qwen3-style model below, warmed up here
+    model: str = ""
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 8
+    # the environment
+    max_turns: int = 6
+    shortcut_frac: float = 0.3         # fraction of tasks where the frontier skips the user lookup
+    max_action_tokens: int = 8         # a turn longer than this is cut
+    # the base warm-up (stand-in for pretraining), cached in cache_dir keyed by these fields
+    warmup_steps: int = 1500
+    warmup_batch: int = 32
+    warmup_lr: float = 3e-3
+    warmup_skill: float = 0.0          # behaviour policy's probability of the right decision
+    warmup_pi_frac: float = 0.75       # fraction of warm-up episodes shown with a PI block
+    warmup_eval_every: int = 100
+    cache_dir: str = "cache"
+    # training
+    steps: int = 200                   # gradient steps
+    lr: float = 3e-4
+    tasks_per_step: int = 8
+    group_size: int = 8
+    temperature: float = 1.0           # sampling temperature; the policy is softmax(logits / temperature)
+    clip_eps: float = 0.2
+    pi_kind: str = "calls"             # calls | names | hint
+    eval_every: int = 50
+    eval_tasks: int = 400
+    bench: bool = False
+
+
+def parse_args(cfg_class=Config, argv=None):
+    """--key=value overrides of a dataclass's defaults. Unknown keys and bad values stop the run."""
+    cfg = cfg_class()
+    types = {f.name: type(f.default) for f in dataclasses.fields(cfg)}
+    for arg in sys.argv[1:] if argv is None else argv:
+        key, eq, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not eq:
+            raise SystemExit(f"arguments are --key=value, got {arg!r}")
+        if key not in types:
+            raise SystemExit(f"unknown config key {key!r}; valid keys: {', '.join(types)}")
+        try:
+            if types[key] is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                setattr(cfg, key, value.lower() in ("true", "1"))
+            else:
+                setattr(cfg, key, types[key](value))
+        except ValueError:
+            raise SystemExit(f"--{key} expects a {types[key].__name__}, got {value!r}") from None
+    if cfg.pi_kind not in toy_env.PI_KINDS:
+        raise SystemExit(f"--pi_kind must be one of {toy_env.PI_KINDS}, got {cfg.pi_kind!r}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>", "<|pad|>")
+PATTERN = r"\n| ?[^\s]+| +"  # words keep their leading space, so a word tokenizes the same everywhere
+
+
+def train_bpe(texts):
+    """Byte-pair merges learned on word counts, until every word seen twice is one token.
+    Ties break on the bytes, so the result is deterministic."""
+    words = Counter(w.encode() for t in texts for w in re.findall(PATTERN, t))
+    ranks = {bytes([i]): i for i in range(256)}
+    parts = {w: [bytes([b]) for b in w] for w in words}
+    while True:
+        pairs = Counter()
+        for w, n in words.items():
+            for a, b in zip(parts[w], parts[w][1:]):
+                pairs[a, b] += n
+        if not pairs or max(pairs.values()) < 2:
+            return ranks
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        ranks[a + b] = len(ranks)
+        for w, p in parts.items():
+            i = 0
+            while i < len(p) - 1:
+                if p[i] == a and p[i + 1] == b:
+                    p[i:i + 2] = [a + b]
+                i += 1
+
+
+def environment_texts(n_tasks=1500):
+    """Every kind of string the toy world produces: prompts, requests, PI, reasoning, actions, observations."""
+    texts, rng = [], random.Random(0)
+    for split in toy_env.POOLS:
+        env = toy_env.ToyShopEnv(split)
+        for seed in range(n_tasks):
+            request, history = toy_env.noisy_episode(env, seed, rng, skill=0.3)
+            texts += [request, *(a for a, _ in history), *(o for _, o in history)]
+            texts += [toy_env.system_prompt(toy_env.render_pi(env.task, k, [a for a, _ in history]))
+                      for k in toy_env.PI_KINDS]
+            env.reset(seed)
+            for reasoning, action in env.demonstration():
+                texts += [reasoning, action, env.step(action)[0]]
+    return texts
+
+
+class ChatTokenizer:
+    """A tiktoken.Encoding with BPE ranks trained on the toy world, plus role tokens.
+    Each segment is encoded on its own and the token lists are concatenated (never a joined string)."""
+
+    def __init__(self, ranks):
+        specials = {s: len(ranks) + i for i, s in enumerate(SPECIALS)}
+        self.enc = tiktoken.Encoding("toyshop", pat_str=PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+        self.system, self.user, self.assistant, self.tool, self.end, self.pad = specials.values()
+        self.vocab_size = self.enc.n_vocab
+
+    def encode(self, text):
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids):
+        return self.enc.decode([i for i in ids if i < self.system])
+
+    def prompt(self, system, request, pi=""):
+        return ([self.system, *self.encode(system), *self.encode(toy_env.pi_block(pi)), self.end,
+                 self.user, *self.encode(request), self.end])
+
+    def turn_header(self, turn):
+        """Opens model turn `turn` (1, 2, ...): the role token and the step label the PI also uses."""
+        return [self.assistant, *self.encode(toy_env.step_label(turn) + "\n")]
+
+    def observation(self, obs, next_turn):
+        """What follows a model turn that did not end the episode: the tool's output and the next turn's header."""
+        return [self.tool, *self.encode(obs), self.end, *self.turn_header(next_turn)]
+
+
+def episode_tokens(tok, turns):
+    """Continuation tokens and model-written mask for a list of (model text, observation or None at the end)."""
+    tokens = tok.turn_header(1)
+    mask = [0] * len(tokens)
+    for turn, (text, obs) in enumerate(turns, 1):
+        written = tok.encode(text) + [tok.end]
+        tokens += written
+        mask += [1] * len(written)
+        if obs is not None:
+            after = tok.observation(obs, turn + 1)
+            tokens += after
+            mask += [0] * len(after)
+    return tokens, mask
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def pick_device(name="auto"):
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
+def autocast(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def tiny_model(cfg, vocab_size):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    config = Qwen3Config(vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=3 * cfg.n_embd,
+                         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                         num_key_value_heads=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head,
+                         max_position_embeddings=512, tie_word_embeddings=True)
+    return Qwen3ForCausalLM(config)
+
+
+def forward(model, ids, attention_mask, **kw):
+    """Position ids count only real tokens, so left padding and gaps between chunks do not shift them."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+    return model(input_ids=ids, attention_mask=attention_mask, position_ids=positions, **kw)
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+
+@dataclass
+class Episode:
+    split: str
+    seed: int
+    system: str
+    request: str
+    pi: str                  # the teacher view's privileged information ("" when the task has none)
+    shortcut: bool
+    tokens: list             # continuation token ids (everything after the prompt)
+    mask: list               # 1 where the model wrote the token
+    logp: list               # behaviour log-prob of each token (0 where the model did not write it)
+    turns: list              # (model text, observation) per turn, for printing
+    reward: float = 0.0
+
+
+def make_env(cfg, split):
+    return toy_env.ToyShopEnv(split, max_turns=cfg.max_turns, shortcut_frac=cfg.shortcut_frac)
+
+
+def pad_left(seqs, pad):
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+    return ids, torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+
+
+@torch.no_grad()
+def rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
+    """Play one episode per (split, seed) task, batched, from the teacher view (with_pi=True: the PI block of
+    `pi_kind` in the prompt) or the student view. One KV cache spans all turns: each forward feeds only the new
+    tokens (left-padded chunks; attention masks and position ids skip the padding)."""
+    device, pi_kind = next(model.parameters()).device, pi_kind or cfg.pi_kind
+    envs, episodes, chunks = [], [], []
+    for split, seed in tasks:
+        env = make_env(cfg, split)
+        request, info = env.reset(seed)
+        pi = env.privileged_info(pi_kind)
+        envs.append(env)
+        header = tok.turn_header(1)
+        episodes.append(Episode(split, seed, info["system"], request, pi, info["shortcut"], list(header),
+                                [0] * len(header), [0.0] * len(header), []))
+        chunks.append(tok.prompt(info["system"], request, pi if with_pi else "") + header)
+    rows = list(range(len(tasks)))         # batch row -> episode index; finished episodes leave the batch
+    cache, attn = None, torch.zeros(len(tasks), 0, dtype=torch.long, device=device)
+    while rows:
+        written = {i: [] for i in rows}
+        for _ in range(cfg.max_action_tokens):
+            ids, mask = pad_left(chunks, tok.pad)
+            attn = torch.cat([attn, mask.to(device)], 1)
+            with autocast(device):
+                out = forward(model, ids.to(device), attn, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logp = F.log_softmax(out.logits[:, -1].float() / cfg.temperature, -1)
+            token = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(1)
+            chunks = []
+            for r, i in enumerate(rows):
+                if written[i] and written[i][-1] == tok.end:   # this row already finished its turn
+                    chunks.append([])
+                    continue
+                t = token[r].item()
+                written[i].append(t)
+                episodes[i].tokens.append(t)
+                episodes[i].mask.append(1)
+                episodes[i].logp.append(logp[r, t].item())
+                chunks.append([t])
+            if all(w[-1] == tok.end for w in written.values()):
+                break
+        unfed, keep, chunks = chunks, [], []       # tokens sampled last are not in the cache yet
+        for r, i in enumerate(rows):
+            ep, env = episodes[i], envs[i]
+            pending = unfed[r]
+            if written[i][-1] != tok.end:           # cut at max_action_tokens: close the turn for the model
+                ep.tokens.append(tok.end), ep.mask.append(0), ep.logp.append(0.0)
+                pending = pending + [tok.end]
+            text = tok.decode(written[i])
+            obs, reward, terminated, truncated, _ = env.step(text)
+            ep.turns.append((text, obs))
+            if terminated or truncated:
+                ep.reward = reward
+                continue
+            after = tok.observation(obs, len(ep.turns) + 1)
+            ep.tokens += after
+            ep.mask += [0] * len(after)
+            ep.logp += [0.0] * len(after)
+            keep.append(r)
+            chunks.append(pending + after)
+        if keep and len(keep) < len(rows):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            attn = attn[index]
+        rows = [rows[r] for r in keep]
+    return episodes
+
+
+# ----------------------------------------------------------------------------- scoring two views
+
+
+def batch_continuations(episodes, device):
+    """Continuation tokens, model mask and behaviour log-probs as right-padded [B, L] tensors."""
+    width = max(len(e.tokens) for e in episodes)
+    def pad(key, value):
+        return torch.tensor([getattr(e, key) + [value] * (width - len(e.tokens)) for e in episodes], device=device)
+    return pad("tokens", 0), pad("mask", 0).float(), pad("logp", 0.0).float()
+
+
+def score(model, tok, episodes, view, temperature=1.0):
+    """Policy logits [B, L, V] and log-probs [B, L] of every continuation token under the teacher prompt
+    (view="teacher", PI block in) or the student prompt (view="student"). The prompts differ in length; the
+    gather below reads each episode's logits from its own prompt length on, so position j is the same
+    continuation token in both views. Gradients flow unless the caller disables them."""
+    device = next(model.parameters()).device
+    prompts = [tok.prompt(e.system, e.request, e.pi if view == "teacher" else "") for e in episodes]
+    seqs = [p + e.tokens for p, e in zip(prompts, episodes)]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tok.pad] * (width - len(s)) for s in seqs], device=device)
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+    with autocast(device):
+        logits = forward(model, ids, attn).logits
+    L = max(len(e.tokens) for e in episodes)
+    # logits at position p predict token p+1: continuation token j sits at len(prompt)+j
+    where = torch.tensor([[min(len(p) + j - 1, width - 1) for j in range(L)] for p in prompts], device=device)
+    logits = logits.gather(1, where.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).float() / temperature
+    tokens, _, _ = batch_continuations(episodes, device)
+    logp = F.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return logits, logp
+
+
+def kl_per_position(logits_p, logits_q):
+    """Exact KL(p || q) = sum_v p(v) (log p(v) - log q(v)) at every position: [B, T, V] -> [B, T]."""
+    logp, logq = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def kl_full_vocab(logits_p, logits_q, mask):
+    """Exact KL(p || q) at every position, times mask [B, T], summed per sequence -> [B]."""
+    return (kl_per_position(logits_p, logits_q) * mask).sum(-1)
+
+
+def group_advantages(rewards, group_size):
+    """A_g = R_g - mean of its group (no division by the std, PAPER.md §3); [B] -> [B]."""
+    r = rewards.view(-1, group_size)
+    return (r - r.mean(1, keepdim=True)).view(-1)
+
+
+def clipped_surrogate(logp_new, logp_old, advantages, eps, ratio_cap=None, max_log_ratio=20.0):
+    """Per-token PPO term -min(rho A, clip(rho, 1-eps, 1+eps) A), rho = exp(logp_new - logp_old), [B, T].
+    The advantage is per episode [B] (shared by its tokens) or per token [B, T].
+    ratio_cap (dual-clip) bounds -rho A where A < 0 and rho is huge. Log-ratios are clamped before exp.
+    Returns (per-token loss, rho, per-token clipped indicator)."""
+    rho = torch.exp((logp_new - logp_old).clamp(-max_log_ratio, max_log_ratio))
+    A = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)  # per episode [B] or per token [B, T]
+    unclipped, clipped = rho * A, rho.clamp(1 - eps, 1 + eps) * A
+    loss = -torch.min(unclipped, clipped)
+    if ratio_cap is not None:
+        loss = torch.where(A < 0, torch.minimum(loss, -ratio_cap * A), loss)
+    was_clipped = (clipped < unclipped) | ((A < 0) & (rho > ratio_cap) if ratio_cap is not None else False)
+    return loss, rho, was_clipped.float()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+TEST_TASKS = "test"
+VAL_SEEDS = 100_000      # train-split seeds from here on are validation tasks (checkpoint selection)
+WARMUP_SEEDS = 1_000_000  # warm-up tasks: seeds from here on, in both pools, never used elsewhere
+
+
+@torch.no_grad()
+def evaluate(model, tok, cfg, view="student", pi_kind=None, n=None, split="test", seed=1234):
+    """Success of one view on n held-out tasks (fixed tasks and a fixed sampling seed: reproducible),
+    overall and on the shortcut / non-shortcut tasks; on shortcut tasks, how often the first action is the
+    user lookup (behaviour the student can reproduce) rather than the frontier's shortcut."""
+    n = n or cfg.eval_tasks
+    first = VAL_SEEDS if split == "val" else 0
+    tasks = [("train" if split == "val" else split, first + i) for i in range(n)]
+    episodes = rollout(model, tok, cfg, tasks, view == "teacher", torch.Generator().manual_seed(seed), pi_kind)
+    short = [e for e in episodes if e.shortcut]
+    normal = [e for e in episodes if not e.shortcut]
+    def rate(eps):
+        return sum(e.reward for e in eps) / max(1, len(eps))
+    return dict(success=rate(episodes), shortcut=rate(short), normal=rate(normal),
+                lookup_first=sum(e.turns[0][0].startswith("find_user") for e in short) / max(1, len(short)),
+                episodes=episodes)
+
+
+@torch.no_grad()
+def mean_kl(model, tok, episodes):
+    """KL(teacher || student) of the given episodes, exact over the vocabulary: (per episode, per token)."""
+    device = next(model.parameters()).device
+    _, mask, _ = batch_continuations(episodes, device)
+    kl = kl_full_vocab(score(model, tok, episodes, "teacher")[0], score(model, tok, episodes, "student")[0], mask)
+    return kl.mean().item(), (kl.sum() / mask.sum()).item()
+
+
+@torch.no_grad()
+def base_statistics(model, tok, cfg, n=None):
+    """The paper's premise, measured: student success, teacher success per PI kind, PI utility Δ,
+    and the initial teacher-student KL on the teacher's own episodes."""
+    student = evaluate(model, tok, cfg, "student", n=n)
+    stats = dict(student=student["success"], student_shortcut=student["shortcut"])
+    for kind in toy_env.PI_KINDS:
+        teacher = evaluate(model, tok, cfg, "teacher", kind, n=n)
+        kl_episode, kl_token = mean_kl(model, tok, teacher["episodes"][:200])
+        stats[kind] = dict(teacher=teacher["success"], delta=teacher["success"] - student["success"],
+                           kl_episode=kl_episode, kl_token=kl_token)
+    return stats
+
+
+def print_base_statistics(stats, n):
+    print(f"base on {n} held-out tasks: student success {stats['student']:.3f}")
+    for kind in toy_env.PI_KINDS:
+        s = stats[kind]
+        print(f"  PI={kind:5s} teacher {s['teacher']:.3f}  Δ {s['delta']:+.3f}  "
+              f"KL(T||S) {s['kl_episode']:.2f} nats/episode ({s['kl_token']:.3f}/token)")
+
+
+def show_episode(e, label):
+    print(f"--- {label} ({e.split} task {e.seed}{', shortcut' if e.shortcut else ''}) reward {e.reward:.0f}")
+    print(f"    user: {e.request}")
+    for text, obs in e.turns:
+        print(f"    {text!r:34} -> {obs}")
+
+
+# ----------------------------------------------------------------------------- base warm-up
+
+
+def warmup_example(tok, cfg, rng):
+    """One episode of the noisy behaviour policy on a random task of either pool; with probability
+    warmup_pi_frac its prompt shows a PI block listing the actions it took, so the base learns to follow PI."""
+    split = rng.choice(list(toy_env.POOLS))
+    env = make_env(cfg, split)
+    request, history = toy_env.noisy_episode(env, WARMUP_SEEDS + rng.randrange(10**6), rng, cfg.warmup_skill)
+    actions = [a for a, _ in history]
+    pi = toy_env.render_pi(env.task, rng.choice(toy_env.PI_KINDS), actions) if rng.random() < cfg.warmup_pi_frac else ""
+    tokens, mask = episode_tokens(tok, [(a, o) for a, o in history[:-1]] + [(actions[-1], None)])
+    prompt = tok.prompt(toy_env.system_prompt(), request, pi)
+    return prompt + tokens, [0] * len(prompt) + mask
+
+
+def supervised_step(model, optimizer, examples, pad, device):
+    """One step of next-token cross-entropy on the masked tokens of (tokens, mask) examples."""
+    width = max(len(t) for t, _ in examples)
+    ids = torch.tensor([t + [pad] * (width - len(t)) for t, _ in examples], device=device)
+    mask = torch.tensor([m + [0] * (width - len(m)) for _, m in examples], device=device).float()
+    attn = (torch.arange(width, device=device) < torch.tensor([len(t) for t, _ in examples], device=device)[:, None])
+    with autocast(device):
+        logits = forward(model, ids, attn.long()).logits[:, :-1].float()
+    loss = (F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).sum() / mask[:, 1:].sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
+def warm_up(model, tok, cfg, device):
+    """Teach the format, the tools, grounding and PI-following on the behaviour policy's episodes. Keeps the
+    weights with the best teacher success (tool-calls PI, frontier's actions) on validation train tasks."""
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
+    best, t0 = (-1.0, None), time.time()
+    for step in range(1, cfg.warmup_steps + 1):
+        lr = cfg.warmup_lr * min(1.0, step / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.warmup_steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = supervised_step(model, optimizer, [warmup_example(tok, cfg, rng) for _ in range(cfg.warmup_batch)],
+                               tok.pad, device)
+        if step % cfg.warmup_eval_every == 0 or step == cfg.warmup_steps:
+            teacher = evaluate(model, tok, cfg, "teacher", "calls", n=200, split="val")["success"]
+            student = evaluate(model, tok, cfg, "student", n=200, split="val")["success"]
+            print(f"warm-up {step:5d} | loss {loss:.3f} | val teacher(calls) {teacher:.3f} student {student:.3f} "
+                  f"| {time.time() - t0:.0f}s", flush=True)
+            if teacher > best[0]:
+                best = (teacher, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[1])
+    return time.time() - t0
+
+
+def base_cache_path(cfg):
+    keys = ["n_layer", "n_embd", "n_head", "max_turns", "shortcut_frac", "max_action_tokens", "warmup_steps",
+            "warmup_batch", "warmup_lr", "warmup_skill", "warmup_pi_frac", "warmup_eval_every"]
+    blob = json.dumps({k: getattr(cfg, k) for k in keys} | {"format": 1}, sort_keys=True)
+    return os.path.join(cfg.cache_dir, f"base_{hashlib.sha256(blob.encode()).hexdigest()[:12]}.pt")
+
+
+def load_base(cfg, device):
+    """The tokenizer and the warmed-up base model, from the cache when present (else built and cached)."""
+    path = base_cache_path(cfg)
+    if os.path.exists(path):
+        saved = torch.load(path, map_location=device, weights_only=False)
+        tok = ChatTokenizer(saved["ranks"])
+        model = tiny_model(cfg, tok.vocab_size).to(device)
+        model.load_state_dict(saved["model"])
+        print(f"base model: loaded {path} (warm-up took {saved['seconds']:.0f}s when built)")
+        return model, tok
+    t0 = time.time()
+    tok = ChatTokenizer(train_bpe(environment_texts()))
+    print(f"tokenizer: {tok.vocab_size} tokens, trained in {time.time() - t0:.1f}s")
+    torch.manual_seed(0)
+    model = tiny_model(cfg, tok.vocab_size).to(device)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; warming up for "
+          f"{cfg.warmup_steps} steps (cached in {path} for later runs)")
+    seconds = warm_up(model, tok, cfg, device)
+    os.makedirs(cfg.cache_dir, exist_ok=True)
+    torch.save(dict(model=model.state_dict(), ranks=tok.enc._mergeable_ranks, seconds=seconds), path + ".tmp")
+    os.replace(path + ".tmp", path)  # never leave a half-written cache behind
+    return model, tok
+
+
+# ----------------------------------------------------------------------------- a training run
+
+
+class Run:
+    """What every training script shares: device, model, optimizer, RNGs, the step loop with its printed
+    line, evaluation, metrics.jsonl, curves.png and resumable checkpoints. An algorithm is a function
+    train_step(run) -> dict of statistics, called once per gradient step."""
+
+    def __init__(self, cfg, name):
+        self.cfg, self.name = cfg, name
+        self.device = pick_device(cfg.device)
+        self.model, self.tok = load_base(cfg, self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.rng = random.Random(cfg.seed)                      # which training tasks
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # which tokens are sampled
+        torch.manual_seed(cfg.seed)
+        self.extra = {}           # algorithm modules to checkpoint (e.g. an EMA teacher)
+        self.step = 0
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        self.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+
+    def sample_tasks(self):
+        """tasks_per_step train tasks, each repeated group_size times (one group per task)."""
+        seeds = [self.rng.randrange(VAL_SEEDS) for _ in range(self.cfg.tasks_per_step)]
+        return [("train", s) for s in seeds for _ in range(self.cfg.group_size)]
+
+    def update(self, loss):
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; last good checkpoint: {self.ckpt_path}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return grad_norm.item()
+
+    # --- records
+    def log(self, record):
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save(self):
+        state = dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                     config=dataclasses.asdict(self.cfg), step=self.step, rng=self.rng.getstate(),
+                     generator=self.generator.get_state(), torch_rng=torch.get_rng_state(),
+                     extra={k: m.state_dict() for k, m in self.extra.items()})
+        torch.save(state, self.ckpt_path + ".tmp")
+        os.replace(self.ckpt_path + ".tmp", self.ckpt_path)
+
+    def resume(self):
+        if not os.path.exists(self.ckpt_path):
+            raise SystemExit(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
+        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        ours = dataclasses.asdict(self.cfg)
+        diff = [k for k in ours if k not in ("resume", "steps") and state["config"].get(k) != ours[k]]
+        if diff:
+            raise SystemExit(f"checkpoint {self.ckpt_path} was made with another config: "
+                             + ", ".join(f"{k}={state['config'].get(k)!r} (now {ours[k]!r})" for k in diff))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for k, m in self.extra.items():
+            m.load_state_dict(state["extra"][k])
+        self.step = state["step"]
+        self.rng.setstate(state["rng"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if os.path.exists(self.metrics_path):  # drop records written after the checkpoint
+            lines = [l for l in open(self.metrics_path) if json.loads(l)["step"] <= self.step]
+            open(self.metrics_path, "w").writelines(lines)
+        print(f"resumed {self.ckpt_path} at step {self.step}")
+
+    def evaluate(self):
+        """Held-out success of the student (no PI) and of the teacher (cfg.pi_kind)."""
+        s = evaluate(self.model, self.tok, self.cfg, "student")
+        t = evaluate(self.model, self.tok, self.cfg, "teacher")
+        return dict(student=s["success"], student_shortcut=s["shortcut"], student_lookup_first=s["lookup_first"],
+                    teacher=t["success"], teacher_shortcut=t["shortcut"], teacher_lookup_first=t["lookup_first"],
+                    kl_token=mean_kl(self.model, self.tok, t["episodes"][:200])[1]), s, t
+
+    def print_eval(self, e):
+        print(f"eval step {self.step:4d} | student {e['student']:.3f} (shortcut tasks {e['student_shortcut']:.3f}) "
+              f"| teacher {e['teacher']:.3f} (shortcut {e['teacher_shortcut']:.3f}, looks user up first "
+              f"{e['teacher_lookup_first']:.2f}) | KL(T||S) {e['kl_token']:.3f}/token", flush=True)
+
+    # --- the loop
+    def train(self, train_step):
+        cfg = self.cfg
+        print(f"{self.name}: config {json.dumps(dataclasses.asdict(cfg))}")
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+        if cfg.resume:
+            self.resume()
+        else:
+            open(self.metrics_path, "w").close()
+            base = base_statistics(self.model, self.tok, cfg)
+            print_base_statistics(base, cfg.eval_tasks)
+            self.log(dict(step=0, eval=True, **self.evaluate()[0], base=base))
+        t0, last_eval = time.time(), None
+        while self.step < cfg.steps:
+            t_step = time.time()
+            stats = train_step(self)
+            self.step += 1
+            stats["time"] = time.time() - t_step
+            self.log(dict(step=self.step, **stats))
+            print(f"step {self.step:4d} | " + " | ".join(f"{k} {v:.3g}" for k, v in stats.items()), flush=True)
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                e, s, t = last_eval = self.evaluate()
+                self.print_eval(e)
+                self.log(dict(step=self.step, eval=True, **e))
+                self.save()
+        e, s, t = last_eval or self.evaluate()
+        show_episode(s["episodes"][0], "student (no PI)")
+        show_episode(t["episodes"][0], f"teacher (PI={cfg.pi_kind})")
+        records = [json.loads(l) for l in open(self.metrics_path)]
+        evals = [r for r in records if r.get("eval")]
+        print(f"summary: held-out student success {evals[0]['student']:.3f} -> {evals[-1]['student']:.3f} "
+              f"(frontier agent 1.000), teacher {evals[0]['teacher']:.3f} -> {evals[-1]['teacher']:.3f}, "
+              f"KL(T||S) {evals[0]['kl_token']:.3f} -> {evals[-1]['kl_token']:.3f}/token, "
+              f"{time.time() - t0:.0f}s of training")
+        plot_curves(records, os.path.join(cfg.out_dir, "curves.png"), self.name)
+        return evals[-1]
+
+
+def plot_curves(records, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    evals = [r for r in records if r.get("eval")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in [("student", "student (no PI)"), ("teacher", "teacher (PI)"),
+                       ("student_shortcut", "student, shortcut tasks")]:
+        ax1.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
+    ax1.set(xlabel="gradient step", ylabel="held-out success", ylim=(0, 1), title=title)
+    ax1.legend()
+    ax2.plot([r["step"] for r in evals], [r["kl_token"] for r in evals], marker="o")
+    ax2.set(xlabel="gradient step", ylabel="KL(teacher || student) per token", title="teacher-student KL")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def benchmark(cfg):
+    """Rollout tokens/s (ours, multi-turn with a KV cache, vs HF generate on one turn of the same batch and
+    length) and one update step vs one plain forward+backward of the same batch."""
+    device = pick_device(cfg.device)
+    model, tok = load_base(cfg, device)
+    tasks = [("train", i) for i in range(64)]
+    t = time.time()
+    episodes = rollout(model, tok, cfg, tasks, True, torch.Generator().manual_seed(0))
+    sec = time.time() - t
+    n_written = sum(sum(e.mask) for e in episodes)
+    print(f"rollout: 64 episodes, {n_written} model tokens in {sec:.2f}s = {n_written / sec:.0f} tokens/s "
+          f"(multi-turn, KV cache across turns)")
+    prompts = [tok.prompt(e.system, e.request, e.pi) + tok.turn_header(1) for e in episodes]
+    ids, attn = pad_left(prompts, tok.pad)
+    new = max(1, n_written // 64)
+    t = time.time()
+    model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=new, min_new_tokens=new,
+                   do_sample=True, pad_token_id=tok.pad)
+    sec = time.time() - t
+    print(f"HF generate: 64 x {new} tokens (one turn, same batch) in {sec:.2f}s = {64 * new / sec:.0f} tokens/s")
+    _, mask, _ = batch_continuations(episodes, device)
+    for label in ("update (two views, fwd+bwd)", "plain fwd+bwd (teacher view)"):
+        t = time.time()
+        for _ in range(3):
+            lt = score(model, tok, episodes, "teacher")[1]
+            loss = (lt * mask).sum()
+            if label.startswith("update"):
+                loss = loss + (score(model, tok, episodes, "student")[1] * mask).sum()
+            loss.backward()
+        print(f"{label}: {(time.time() - t) / 3:.3f}s per step on 64 episodes")
+
+
+if __name__ == "__main__":
+    cfg = parse_args()
+    if cfg.bench:
+        benchmark(cfg)
+    else:
+        model, tok = load_base(cfg, pick_device(cfg.device))
+        print_base_statistics(base_statistics(model, tok, cfg), cfg.eval_tasks)
+        show_episode(evaluate(model, tok, cfg, "student", n=8)["episodes"][0], "student (no PI)")
+        show_episode(evaluate(model, tok, cfg, "teacher", n=8)["episodes"][0], "teacher (PI=calls)")

@@ -1,0 +1,101 @@
+"""
+opsd.py -- On-Policy Self-Distillation (Penaloza et al. 2026, Algorithm 2): RL on the student with a
+reverse-KL penalty toward the same model conditioned on the privileged information.
+
+    J_OPSD(θ) = E_{o~π_S}[R] − β · KL(π_S ‖ sg π_T)
+
+Unlike π-Distill, the *student* samples (no PI in the prompt), the teacher only scores those tokens, the KL
+is reverse (student ‖ teacher: mode-seeking, measured where the student goes), and only the student view is
+trained (the teacher moves only through the shared weights, or not at all with --teacher=ema/frozen).
+Not to be confused with the reward-free self-distillation that Zhao et al. (2026) also call OPSD.
+With β = 0 this is plain GRPO on the student: the paper's RL baseline.
+
+    python opsd.py                 # the toy world, defaults below, ~10 minutes on a laptop CPU
+    python opsd.py --beta=0        # plain RL
+    python opsd.py --teacher=live --lr=1e-3 --out_dir=runs/collapse    # the collapse of the README
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+
+import agent
+
+
+@dataclass
+class OPSDConfig(agent.Config):
+    out_dir: str = "runs/opsd"
+    beta: float = 0.5
+    teacher: str = "live"          # live (same weights, the paper) | ema (slow copy) | frozen (the base)
+    ema_decay: float = 0.99
+    kl_estimator: str = "analytic"  # analytic (the paper's loss) | reward | token (reward shaping, see opsd_loss)
+
+
+def opsd_loss(logp_student, logp_student_old, advantages, mask, beta, eps=0.2, kl_tokens=None):
+    """Clipped GRPO on student samples plus the analytic reverse KL, on per-token tensors [B, T]:
+
+        L = −(1/N) Σ min(ρ A, clip(ρ, 1 − ε, 1 + ε) A) + β (1/N) Σ_t KL(π_S,θ(·|s_t) ‖ sg π_T(·|s_t))
+        ρ = π_S,θ(o_t) / π_S,old(o_t),  N = Σ mask
+
+    kl_tokens [B, T] is that full-vocabulary KL at each sampled position, differentiable through the student
+    (`agent.kl_per_position(logits_student, logits_teacher.detach())`); pass None for the reward-shaping forms,
+    whose KL is already in the advantages [B] or [B, T]:
+        reward:  A from R − β Σ_t sg(log π_S(o_t) − log π_T(o_t))   (episode reward; exact gradient of J_OPSD)
+        token:   A_t = A − β sg(log π_S(o_t) − log π_T(o_t))         (per token, as on-policy distillation)
+    Where clipping is inactive, E[∇L] = −(1/N)·∇E[R] + β/N · E[Σ_t ∇KL_t(s_t)] (analytic, token): the KL's
+    gradient at the visited states, not how earlier tokens change which states are visited -- exact for
+    one-token actions; the `reward` form also has that part and is exact for any length (see the tests).
+    Never back-propagate the sampled log-ratio log π_S(o) − log π_T(o) itself: its expected gradient is zero.
+    Returns (loss, stats)."""
+    n = mask.sum().clamp(min=1)
+    surrogate, rho, clipped = agent.clipped_surrogate(logp_student, logp_student_old, advantages, eps)
+    per_token = surrogate + (beta * kl_tokens if kl_tokens is not None else 0)
+    loss = (per_token * mask).sum() / n
+    def mean(x):
+        return ((x * mask).sum() / n).item()
+    return loss, dict(loss=loss.item(), rho=mean(rho.detach()), clip=mean(clipped),
+                      kl=mean(kl_tokens.detach()) if kl_tokens is not None else float("nan"))
+
+
+def train_step(run):
+    """One round of Algorithm 2: student rollouts, teacher scoring of the same tokens, GRPO + β·KL update."""
+    cfg, model, tok = run.cfg, run.model, run.tok
+    teacher = model if cfg.teacher == "live" else run.extra["teacher"]
+    episodes = agent.rollout(model, tok, cfg, run.sample_tasks(), with_pi=False, generator=run.generator)
+    tokens, mask, logp_old = agent.batch_continuations(episodes, run.device)
+    R = torch.tensor([e.reward for e in episodes], device=run.device)
+    with torch.no_grad():  # sg π_T: the teacher view only scores the student's tokens
+        logits_T, logp_T = agent.score(teacher, tok, episodes, "teacher", cfg.temperature)
+    logits_S, logp_S = agent.score(model, tok, episodes, "student", cfg.temperature)
+    log_ratio = (logp_S.detach() - logp_T) * mask          # sampled log π_S − log π_T, as a reward only
+    shaped = R - cfg.beta * log_ratio.sum(1) if cfg.kl_estimator == "reward" else R
+    A = agent.group_advantages(shaped, cfg.group_size)
+    kl_tokens = None
+    if cfg.kl_estimator == "analytic":
+        kl_tokens = agent.kl_per_position(logits_S, logits_T)
+    elif cfg.kl_estimator == "token":
+        A = A.unsqueeze(1) - cfg.beta * log_ratio
+    keep = torch.ones(len(episodes), dtype=torch.bool, device=run.device)
+    if cfg.beta == 0:  # plain GRPO: groups whose rewards are all equal carry no signal
+        keep = A.view(-1, cfg.group_size).abs().amax(1).repeat_interleave(cfg.group_size) > 1e-6
+    stats = dict(student_success=R.mean().item(), groups=keep.float().mean().item())
+    if keep.any():
+        loss, loss_stats = opsd_loss(logp_S[keep], logp_old[keep], A[keep], mask[keep], cfg.beta, cfg.clip_eps,
+                                     None if kl_tokens is None else kl_tokens[keep])
+        run.update(loss)
+        stats |= loss_stats
+    if cfg.teacher == "ema":
+        with torch.no_grad():
+            for p_teacher, p in zip(teacher.parameters(), model.parameters()):
+                p_teacher.lerp_(p, 1 - cfg.ema_decay)
+    return stats
+
+
+if __name__ == "__main__":
+    cfg = agent.parse_args(OPSDConfig)
+    if cfg.teacher not in ("live", "ema", "frozen") or cfg.kl_estimator not in ("analytic", "reward", "token"):
+        raise SystemExit("--teacher must be live|ema|frozen and --kl_estimator analytic|reward|token")
+    run = agent.Run(cfg, f"OPSD (β={cfg.beta}, {cfg.teacher} teacher)")
+    if cfg.teacher != "live":
+        run.extra["teacher"] = copy.deepcopy(run.model).requires_grad_(False)
+    run.train(train_step)

@@ -1,0 +1,105 @@
+"""
+pi_distill.py -- π-Distill (Penaloza et al. 2026, Algorithm 1): one model, two views, trained jointly.
+
+The teacher π_T(o | s, I) sees the privileged information I (the frontier agent's actions) in its prompt;
+the student π_S(o | s) is the same weights without it. Episodes are sampled from the teacher, and
+
+    J(θ) = α · J_T + (1 − α) · J_S
+    J_T  = E_{o~π_T}[R] − β · KL(π_T ‖ sg π_S)              the teacher does RL, kept close to the student
+    J_S  = E_{o~π_T}[(π_S / sg π_T) · R]                    the student learns from the teacher's episodes
+
+sg = stop-gradient. At test time only the student is used.
+
+    python pi_distill.py                          # the toy world, defaults below, ~10 minutes on a laptop CPU
+    python pi_distill.py --alpha=0 --pi_kind=names --beta=0.1 --out_dir=runs/names
+"""
+from dataclasses import dataclass
+
+import torch
+
+import agent
+
+
+@dataclass
+class PiDistillConfig(agent.Config):
+    out_dir: str = "runs/pi_distill"
+    alpha: float = 0.5           # weight of the teacher term; 1 = teacher only, 0 = student only
+    alpha_anneal_steps: int = 15  # α grows linearly from 0 over this many rounds (the paper, for α = 0.5)
+    beta: float = 0.25           # KL penalty in the teacher's shaped reward R − β·KL_seq
+    kl_sum: bool = False         # KL_seq summed over the episode's tokens instead of averaged (see README)
+    ratio_cap: float = 3.0       # dual-clip: bound on ρ_S where the advantage is negative
+    forward_kl: float = 0.0      # coefficient of the explicit student term KL(sg π_T ‖ π_S) (the paper: β; off)
+    leak_penalty: float = 0.1    # reward − leak_penalty per PI keyword the teacher writes (the paper: 0.1)
+    updates_per_round: int = 1   # gradient steps on each round of samples
+
+
+LEAK_WORDS = ("secret", "hint", "step")
+
+
+def pi_distill_loss(logp_teacher, logp_teacher_old, logp_student, advantages, mask, alpha, eps=0.2,
+                    ratio_cap=3.0, kl_forward=None, forward_kl=0.0):
+    """The π-Distill loss on per-token tensors [B, T] of log-probs of the sampled (teacher) tokens:
+
+        L = α · L_T + (1 − α) · L_S (+ (1 − α) · forward_kl · KL(sg π_T ‖ π_S)),  each a sum over model tokens / N
+        L_T = −Σ min(ρ_T A, clip(ρ_T, 1 − ε, 1 + ε) A),   ρ_T = π_T,θ(o_t) / π_T,old(o_t)   (behaviour policy)
+        L_S = −Σ min(ρ_S A, clip(ρ_S, 1 − ε, 1 + ε) A),   ρ_S = π_S,θ(o_t) / sg π_T,θ(o_t)
+
+    with the same episode advantage A [B] for every token, N = Σ mask. Where no clipping is active,
+    ∇L_T = −(1/N) Σ A ∇log π_T (the policy gradient of E_{π_T}[A]) and ∇L_S = −(1/N) Σ ρ_S A ∇log π_S, which
+    for one-token actions is exactly −∇E_{π_S}[A] (importance sampling); for longer actions the per-token
+    ratio is the usual PPO-style approximation of the sequence ratio. ρ_S is unbounded above, so where A < 0
+    its term is capped at ratio_cap·|A| (dual-clip); log-ratios are clamped before exp.
+    kl_forward: optional per-token KL(sg π_T ‖ π_S) [B, T] (the paper's equation has it, its algorithm not).
+    Returns (loss, stats)."""
+    n = mask.sum().clamp(min=1)
+    loss_T, rho_T, clip_T = agent.clipped_surrogate(logp_teacher, logp_teacher_old, advantages, eps)
+    loss_S, rho_S, clip_S = agent.clipped_surrogate(logp_student, logp_teacher.detach(), advantages, eps, ratio_cap)
+    per_token = alpha * loss_T + (1 - alpha) * loss_S
+    if kl_forward is not None and forward_kl > 0:
+        per_token = per_token + (1 - alpha) * forward_kl * kl_forward
+    loss = (per_token * mask).sum() / n
+    def mean(x):
+        return ((x * mask).sum() / n).item()
+    return loss, dict(loss=loss.item(), rho_T=mean(rho_T.detach()), rho_S=mean(rho_S.detach()),
+                      clip_T=mean(clip_T), clip_S=mean(clip_S))
+
+
+def leaks(text):
+    return sum(text.count(word) for word in LEAK_WORDS)
+
+
+def train_step(run):
+    """One round of Algorithm 1: teacher rollouts, shaped rewards, group advantages, joint update(s)."""
+    cfg, model, tok = run.cfg, run.model, run.tok
+    # 1. G teacher episodes for each of the round's tasks, with the PI block in the prompt
+    episodes = agent.rollout(model, tok, cfg, run.sample_tasks(), with_pi=True, generator=run.generator)
+    tokens, mask, logp_teacher_old = agent.batch_continuations(episodes, run.device)
+    R = torch.tensor([e.reward - cfg.leak_penalty * sum(leaks(t) for t, _ in e.turns) for e in episodes],
+                     device=run.device)
+    alpha = cfg.alpha * min(1.0, (run.step + 1) / cfg.alpha_anneal_steps) if cfg.alpha_anneal_steps else cfg.alpha
+    for update in range(cfg.updates_per_round):
+        # 2. score the same tokens in both views: π_T (PI in the prompt) and π_S (no PI), with gradients
+        logits_T, logp_T = agent.score(model, tok, episodes, "teacher", cfg.temperature)
+        logits_S, logp_S = agent.score(model, tok, episodes, "student", cfg.temperature)
+        if update == 0:
+            # 3. shaped reward R' = R − β·KL_seq, KL exact over the vocabulary at each sampled position, detached;
+            #    averaged over the episode's tokens (a sum of 8-19 nats would swamp a 0/1 reward)
+            kl_seq = agent.kl_full_vocab(logits_T.detach(), logits_S.detach(), mask)
+            if not cfg.kl_sum:
+                kl_seq = kl_seq / mask.sum(1).clamp(min=1)
+            A = agent.group_advantages(R - cfg.beta * kl_seq, cfg.group_size)
+            keep = A.view(-1, cfg.group_size).abs().amax(1).repeat_interleave(cfg.group_size) > 1e-6
+        if not keep.any():  # every group had identical rewards: no signal this round
+            return dict(teacher_success=R.mean().item(), kl=kl_seq.mean().item(), groups=0.0)
+        kl_forward = agent.kl_per_position(logits_T.detach(), logits_S)[keep] if cfg.forward_kl > 0 else None
+        # 4-6. α·(clipped GRPO on ρ_T) + (1 − α)·(clipped ρ_S = π_S / sg π_T), same advantages
+        loss, stats = pi_distill_loss(logp_T[keep], logp_teacher_old[keep], logp_S[keep], A[keep], mask[keep], alpha,
+                                      cfg.clip_eps, cfg.ratio_cap, kl_forward, cfg.forward_kl)
+        run.update(loss)
+    return dict(teacher_success=sum(e.reward for e in episodes) / len(episodes), kl=kl_seq.mean().item(),
+                alpha=alpha, groups=keep.float().mean().item(), **stats)
+
+
+if __name__ == "__main__":
+    cfg = agent.parse_args(PiDistillConfig)
+    agent.Run(cfg, "π-Distill").train(train_step)
