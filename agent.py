@@ -6,6 +6,7 @@ metrics log, checkpoints. pi_distill.py and opsd.py add only their loss and thei
 An episode is one token sequence:  prompt | continuation.
     prompt        <|system|> system text [PI block] <|end|> <|user|> request <|end|>
     continuation  <|assistant|> step1 action <|end|> <|tool|> observation <|end|> <|assistant|> step2 action ...
+The step labels match the PI's numbered lines ("step2 get_orders U37"), so following the PI is one look-up.
 The teacher's prompt holds the PI block, the student's does not; the continuation is the same tokens in
 both views, and only the tokens the model wrote (actions and their <|end|>) get loss, ratios and KL.
 
@@ -31,8 +32,6 @@ import torch.nn.functional as F
 
 import toy_env
 
-# Tiny models trained on CPU produce denormal floats in attention's backward pass, which run ~20x slower.
-torch.set_flush_denormal(True)
 # ----------------------------------------------------------------------------- config
 
 
@@ -42,8 +41,7 @@ class Config:
     out_dir: str = "runs/agent"
     device: str = "auto"               # auto = cuda -> mps -> cpu
     resume: bool = False               # continue the run saved in out_dir/ckpt.pt
-    # the model: empty = the tiny Qwen3-style model below, warmed up here
-    model: str = ""
+    # the tiny Qwen3-style model, warmed up here
     n_layer: int = 4
     n_embd: int = 128
     n_head: int = 8
@@ -60,7 +58,7 @@ class Config:
     warmup_eval_every: int = 100
     cache_dir: str = "cache"
     # training
-    steps: int = 200                   # gradient steps
+    steps: int = 400                   # training rounds (one gradient step each by default)
     lr: float = 3e-4
     tasks_per_step: int = 8
     group_size: int = 8
@@ -117,7 +115,7 @@ def train_bpe(texts):
             return ranks
         (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
         ranks[a + b] = len(ranks)
-        for w, p in parts.items():
+        for p in parts.values():
             i = 0
             while i < len(p) - 1:
                 if p[i] == a and p[i + 1] == b:
@@ -162,8 +160,9 @@ class ChatTokenizer:
                  self.user, *self.encode(request), self.end])
 
     def turn_header(self, turn):
-        """Opens model turn `turn` (1, 2, ...): the role token and the step label the PI also uses."""
-        return [self.assistant, *self.encode(toy_env.step_label(turn) + "\n")]
+        """Opens model turn `turn` (1, 2, ...): the role token and the step label the PI also uses. The model then
+        writes " action" (leading space), the very tokens of the PI line "step3 return #99"."""
+        return [self.assistant, *self.encode(toy_env.step_label(turn))]
 
     def observation(self, obs, next_turn):
         """What follows a model turn that did not end the episode: the tool's output and the next turn's header."""
@@ -175,7 +174,7 @@ def episode_tokens(tok, turns):
     tokens = tok.turn_header(1)
     mask = [0] * len(tokens)
     for turn, (text, obs) in enumerate(turns, 1):
-        written = tok.encode(text) + [tok.end]
+        written = tok.encode(" " + text) + [tok.end]
         tokens += written
         mask += [1] * len(written)
         if obs is not None:
@@ -378,7 +377,6 @@ def clipped_surrogate(logp_new, logp_old, advantages, eps, ratio_cap=None, max_l
 
 # ----------------------------------------------------------------------------- evaluation
 
-TEST_TASKS = "test"
 VAL_SEEDS = 100_000      # train-split seeds from here on are validation tasks (checkpoint selection)
 WARMUP_SEEDS = 1_000_000  # warm-up tasks: seeds from here on, in both pools, never used elsewhere
 
@@ -498,7 +496,8 @@ def warm_up(model, tok, cfg, device):
 def base_cache_path(cfg):
     keys = ["n_layer", "n_embd", "n_head", "max_turns", "shortcut_frac", "max_action_tokens", "warmup_steps",
             "warmup_batch", "warmup_lr", "warmup_skill", "warmup_pi_frac", "warmup_eval_every"]
-    blob = json.dumps({k: getattr(cfg, k) for k in keys} | {"format": 1}, sort_keys=True)
+    world = hashlib.sha256("\n".join(environment_texts(n_tasks=50)).encode()).hexdigest()  # the env's text formats
+    blob = json.dumps({k: getattr(cfg, k) for k in keys} | {"world": world}, sort_keys=True)
     return os.path.join(cfg.cache_dir, f"base_{hashlib.sha256(blob.encode()).hexdigest()[:12]}.pt")
 
 

@@ -33,7 +33,7 @@ class PiDistillConfig(agent.Config):
     updates_per_round: int = 1   # gradient steps on each round of samples
 
 
-LEAK_WORDS = ("secret", "hint", "step")
+LEAK_WORDS = ("secret",)  # the PI block's delimiter word: naming it leaks the PI
 
 
 def pi_distill_loss(logp_teacher, logp_teacher_old, logp_student, advantages, mask, alpha, eps=0.2,

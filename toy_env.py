@@ -94,9 +94,9 @@ def render_pi(task, kind, actions=None):
     the warm-up passes the behaviour policy's own actions instead, so the base learns to follow a PI block."""
     actions = actions if actions is not None else [a for _, a in frontier_demo(task)]
     if kind == "calls":   # the exact action sequence, one numbered step per turn
-        return "\n".join(f"{step_label(k)}\n{a}" for k, a in enumerate(actions, 1))
+        return "\n".join(f"{step_label(k)} {a}" for k, a in enumerate(actions, 1))
     if kind == "names":   # tool names only: the arguments must be worked out
-        return "\n".join(f"{step_label(k)}\n{a.split()[0]}" for k, a in enumerate(actions, 1))
+        return "\n".join(f"{step_label(k)} {a.split()[0]}" for k, a in enumerate(actions, 1))
     if kind == "hint":    # a templated one-line summary
         last = next((a.split()[0] for a in actions if a.split()[0] in ("cancel", "return")), "respond")
         return f"start with {actions[0].split()[0]} ; then {last}"
