@@ -41,7 +41,8 @@ class Config:
     out_dir: str = "runs/agent"
     device: str = "auto"               # auto = cuda -> mps -> cpu
     resume: bool = False               # continue the run saved in out_dir/ckpt.pt
-    # the tiny Qwen3-style model, warmed up here
+    # the model: empty = the tiny Qwen3-style model below, warmed up here; or a Hugging Face name or local path
+    model: str = ""
     n_layer: int = 4
     n_embd: int = 128
     n_head: int = 8
@@ -167,6 +168,45 @@ class ChatTokenizer:
     def observation(self, obs, next_turn):
         """What follows a model turn that did not end the episode: the tool's output and the next turn's header."""
         return [self.tool, *self.encode(obs), self.end, *self.turn_header(next_turn)]
+
+
+class HFChatTokenizer:
+    """A pretrained model's own tokenizer and chat template behind ChatTokenizer's interface (--model=...).
+    The PI block goes at the end of the system message; the tool's observation comes back as a user message
+    (the role every template has); a model turn ends with the tokenizer's eos token (<|im_end|> for ChatML).
+    The template's pieces are found by rendering short conversations and taking the differences."""
+
+    def __init__(self, hf):
+        self.hf, self.vocab_size, self.end = hf, len(hf), hf.eos_token_id
+        self.pad = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
+        head = [dict(role="system", content="S"), dict(role="user", content="U")]
+        self.generation_prompt = self._render(head, True)[len(self._render(head)):]
+        answered = head + [dict(role="assistant", content="A")]
+        closing = "A" + hf.decode([self.end])
+        text = self._render(answered)
+        self.after_turn = text[text.rindex(closing) + len(closing):]  # e.g. the "\n" after <|im_end|>
+        self._answered = answered
+
+    def _render(self, messages, generation_prompt=False):
+        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def encode(self, text):
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids):
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+    def prompt(self, system, request, pi=""):
+        return self.encode(self._render([dict(role="system", content=system + toy_env.pi_block(pi)),
+                                         dict(role="user", content=request)]))
+
+    def turn_header(self, turn):
+        return self.encode(self.generation_prompt + toy_env.step_label(turn))
+
+    def observation(self, obs, next_turn):
+        before = self._render(self._answered)
+        after = self._render(self._answered + [dict(role="user", content=obs)], True)
+        return self.encode(self.after_turn + after[len(before):] + toy_env.step_label(next_turn))
 
 
 def episode_tokens(tok, turns):
@@ -502,7 +542,14 @@ def base_cache_path(cfg):
 
 
 def load_base(cfg, device):
-    """The tokenizer and the warmed-up base model, from the cache when present (else built and cached)."""
+    """The tokenizer and the warmed-up base model, from the cache when present (else built and cached);
+    or, with --model=<Hugging Face name or local path>, that pretrained model and its own tokenizer."""
+    if cfg.model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tok = HFChatTokenizer(AutoTokenizer.from_pretrained(cfg.model))
+        model = AutoModelForCausalLM.from_pretrained(cfg.model).to(device)
+        print(f"base model: {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
+        return model, tok
     path = base_cache_path(cfg)
     if os.path.exists(path):
         saved = torch.load(path, map_location=device, weights_only=False)

@@ -495,3 +495,65 @@ def test_pi_distill_steps_raise_student_success(tmp_path):
         pi_distill.train_step(run)
         run.step += 1
     assert student() >= before + E2E_MARGIN
+
+
+# ----------------------------------------------------------------------------- a pretrained model's own tokenizer
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def hf_model_dir(tmp_path_factory):
+    """A randomly initialised Qwen3 with a byte-level BPE tokenizer and a ChatML template, built here and saved
+    the way a Hugging Face checkpoint is: the path a user's --model=Qwen/... takes, without any download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    path = tmp_path_factory.mktemp("hf_model")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(agent.environment_texts(n_tasks=100), trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|im_start|>", "<|im_end|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>")
+    hf.chat_template = CHATML
+    hf.save_pretrained(path)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(hf), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, head_dim=16)).save_pretrained(path)
+    return str(path)
+
+
+def test_pretrained_tokenizer_renders_the_chat_template(hf_model_dir):
+    from transformers import AutoTokenizer
+    tok = agent.HFChatTokenizer(AutoTokenizer.from_pretrained(hf_model_dir))
+    env = toy_env.ToyShopEnv()
+    request, info = env.reset(0)
+    pi = env.privileged_info("calls")
+    teacher, student = tok.decode(tok.prompt(info["system"], request, pi)), tok.decode(tok.prompt(info["system"], request))
+    assert teacher.replace(toy_env.pi_block(pi), "") == student and pi in teacher
+    tokens, mask = agent.episode_tokens(tok, [("find_user alice", "user U37"), ("get_orders U37", None)])
+    text = tok.hf.decode(tokens)
+    assert text == ("<|im_start|>assistant\nstep1 find_user alice<|im_end|>\n<|im_start|>user\nuser U37<|im_end|>\n"
+                    "<|im_start|>assistant\nstep2 get_orders U37<|im_end|>")
+    assert tok.hf.decode([t for t, m in zip(tokens, mask) if m]) == " find_user alice<|im_end|> get_orders U37<|im_end|>"
+
+
+@pytest.mark.parametrize("algorithm", ["pi_distill", "opsd"])
+def test_one_training_step_with_a_pretrained_model(hf_model_dir, tmp_path, algorithm, monkeypatch):
+    """One step of each algorithm through the --model code path (tokenizer, template, rollout, two-view scoring,
+    loss, update). An untrained model never succeeds, so rewards are made random here to give the update a signal."""
+    coin = random.Random(0)
+    monkeypatch.setattr(toy_env.ToyShopEnv, "success", lambda self: coin.random() < 0.5)
+    module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
+    cfg_class = {"pi_distill": pi_distill.PiDistillConfig, "opsd": opsd.OPSDConfig}[algorithm]
+    cfg = cfg_class(model=hf_model_dir, out_dir=str(tmp_path), steps=1, tasks_per_step=2, group_size=2,
+                    eval_tasks=4, teacher="live") if algorithm == "opsd" else \
+        cfg_class(model=hf_model_dir, out_dir=str(tmp_path), steps=1, tasks_per_step=2, group_size=2, eval_tasks=4,
+                  alpha_anneal_steps=0)
+    run = agent.Run(cfg, algorithm)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    final = run.train(module.train_step)
+    assert 0.0 <= final["student"] <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
