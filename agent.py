@@ -400,6 +400,11 @@ def group_advantages(rewards, group_size):
     return (r - r.mean(1, keepdim=True)).view(-1)
 
 
+def groups_with_signal(advantages, group_size):
+    """[B] bool: episodes whose group has a nonzero advantage; the others carry no signal and are dropped."""
+    return advantages.view(-1, group_size).abs().amax(1).repeat_interleave(group_size) > 1e-6
+
+
 def clipped_surrogate(logp_new, logp_old, advantages, eps, ratio_cap=None, max_log_ratio=20.0):
     """Per-token PPO term -min(rho A, clip(rho, 1-eps, 1+eps) A), rho = exp(logp_new - logp_old), [B, T].
     The advantage is per episode [B] (shared by its tokens) or per token [B, T].

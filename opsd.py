@@ -65,7 +65,7 @@ def train_step(run):
     cfg, model, tok = run.cfg, run.model, run.tok
     teacher = model if cfg.teacher == "live" else run.extra["teacher"]
     episodes = agent.rollout(model, tok, cfg, run.sample_tasks(), with_pi=False, generator=run.generator)
-    tokens, mask, logp_old = agent.batch_continuations(episodes, run.device)
+    _, mask, logp_old = agent.batch_continuations(episodes, run.device)
     R = torch.tensor([e.reward for e in episodes], device=run.device)
     with torch.no_grad():  # sg π_T: the teacher view only scores the student's tokens
         logits_T, logp_T = agent.score(teacher, tok, episodes, "teacher", cfg.temperature)
@@ -80,7 +80,7 @@ def train_step(run):
         A = A.unsqueeze(1) - cfg.beta * log_ratio
     keep = torch.ones(len(episodes), dtype=torch.bool, device=run.device)
     if cfg.beta == 0:  # plain GRPO: groups whose rewards are all equal carry no signal
-        keep = A.view(-1, cfg.group_size).abs().amax(1).repeat_interleave(cfg.group_size) > 1e-6
+        keep = agent.groups_with_signal(A, cfg.group_size)
     stats = dict(student_success=R.mean().item(), groups=keep.float().mean().item())
     if keep.any():
         loss, loss_stats = opsd_loss(logp_S[keep], logp_old[keep], A[keep], mask[keep], cfg.beta, cfg.clip_eps,

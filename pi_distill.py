@@ -73,7 +73,7 @@ def train_step(run):
     cfg, model, tok = run.cfg, run.model, run.tok
     # 1. G teacher episodes for each of the round's tasks, with the PI block in the prompt
     episodes = agent.rollout(model, tok, cfg, run.sample_tasks(), with_pi=True, generator=run.generator)
-    tokens, mask, logp_teacher_old = agent.batch_continuations(episodes, run.device)
+    _, mask, logp_teacher_old = agent.batch_continuations(episodes, run.device)
     R = torch.tensor([e.reward - cfg.leak_penalty * sum(leaks(t) for t, _ in e.turns) for e in episodes],
                      device=run.device)
     alpha = cfg.alpha * min(1.0, (run.step + 1) / cfg.alpha_anneal_steps) if cfg.alpha_anneal_steps else cfg.alpha
@@ -83,14 +83,15 @@ def train_step(run):
         logits_S, logp_S = agent.score(model, tok, episodes, "student", cfg.temperature)
         if update == 0:
             # 3. shaped reward R' = R − β·KL_seq, KL exact over the vocabulary at each sampled position, detached;
-            #    averaged over the episode's tokens (a sum of 8-19 nats would swamp a 0/1 reward)
+            #    averaged over the episode's tokens (summed, ~5 nats here, β·KL would swamp a 0/1 reward)
             kl_seq = agent.kl_full_vocab(logits_T.detach(), logits_S.detach(), mask)
             if not cfg.kl_sum:
                 kl_seq = kl_seq / mask.sum(1).clamp(min=1)
             A = agent.group_advantages(R - cfg.beta * kl_seq, cfg.group_size)
-            keep = A.view(-1, cfg.group_size).abs().amax(1).repeat_interleave(cfg.group_size) > 1e-6
+            keep = agent.groups_with_signal(A, cfg.group_size)
         if not keep.any():  # every group had identical rewards: no signal this round
-            return dict(teacher_success=R.mean().item(), kl=kl_seq.mean().item(), groups=0.0)
+            return dict(teacher_success=sum(e.reward for e in episodes) / len(episodes), kl=kl_seq.mean().item(),
+                        groups=0.0)
         kl_forward = agent.kl_per_position(logits_T.detach(), logits_S)[keep] if cfg.forward_kl > 0 else None
         # 4-6. α·(clipped GRPO on ρ_T) + (1 − α)·(clipped ρ_S = π_S / sg π_T), same advantages
         loss, stats = pi_distill_loss(logp_T[keep], logp_teacher_old[keep], logp_S[keep], A[keep], mask[keep], alpha,
