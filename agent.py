@@ -184,8 +184,12 @@ class HFChatTokenizer:
         answered = head + [dict(role="assistant", content="A")]
         closing = "A" + hf.decode([self.end])
         text = self._render(answered)
-        self.after_turn = text[text.rindex(closing) + len(closing):]  # e.g. the "\n" after <|im_end|>
-        self._answered = answered
+        after_turn = text[text.rindex(closing) + len(closing):]  # e.g. the "\n" after <|im_end|>
+        # the text around an observation, rendered once (not per turn): the template wraps a placeholder
+        marker = "OBSERVATION"
+        reply = self._render(answered + [dict(role="user", content=marker)], True)[len(text):]
+        self.obs_before = after_turn + reply[:reply.index(marker)]
+        self.obs_after = reply[reply.index(marker) + len(marker):]
 
     def _render(self, messages, generation_prompt=False):
         return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -204,9 +208,7 @@ class HFChatTokenizer:
         return self.encode(self.generation_prompt + toy_env.step_label(turn))
 
     def observation(self, obs, next_turn):
-        before = self._render(self._answered)
-        after = self._render(self._answered + [dict(role="user", content=obs)], True)
-        return self.encode(self.after_turn + after[len(before):] + toy_env.step_label(next_turn))
+        return self.encode(self.obs_before + obs + self.obs_after + toy_env.step_label(next_turn))
 
 
 def episode_tokens(tok, turns):
