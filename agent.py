@@ -15,6 +15,7 @@ both views, and only the tokens the model wrote (actions and their <|end|>) get 
 """
 import dataclasses
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -46,7 +47,8 @@ class Config:
     n_layer: int = 4
     n_embd: int = 128
     n_head: int = 8
-    # the environment
+    # the environment: toy (toy_env.py) | gem:<GEM env id> (gem_env.py) | module:factory (yours; see the README)
+    env: str = "toy"
     max_turns: int = 6
     shortcut_frac: float = 0.3         # fraction of tasks where the frontier skips the user lookup
     max_action_tokens: int = 8         # a turn longer than this is cut
@@ -68,15 +70,22 @@ class Config:
     pi_kind: str = "calls"             # calls | names | hint
     eval_every: int = 50
     eval_tasks: int = 400
+    # memory, for large models: the same gradient, computed in pieces
+    micro_batch: int = 0               # episodes per forward/backward (whole groups); 0 = the whole batch at once
+    grad_checkpoint: bool = False      # recompute each layer's activations in the backward pass instead of keeping them
+    base_stats: bool = True            # measure the paper's premise (success, Δ, KL per PI kind) before training
     bench: bool = False
 
 
 def parse_args(cfg_class=Config, argv=None):
-    """--key=value overrides of a dataclass's defaults. Unknown keys and bad values stop the run."""
+    """--key=value overrides of a dataclass's defaults (--flag alone sets a boolean to True).
+    Unknown keys and bad values stop the run."""
     cfg = cfg_class()
     types = {f.name: type(f.default) for f in dataclasses.fields(cfg)}
     for arg in sys.argv[1:] if argv is None else argv:
         key, eq, value = arg.removeprefix("--").partition("=")
+        if not eq and types.get(key) is bool:
+            value, eq = "true", "="
         if not arg.startswith("--") or not eq:
             raise SystemExit(f"arguments are --key=value, got {arg!r}")
         if key not in types:
@@ -92,6 +101,7 @@ def parse_args(cfg_class=Config, argv=None):
             raise SystemExit(f"--{key} expects a {types[key].__name__}, got {value!r}") from None
     if cfg.pi_kind not in toy_env.PI_KINDS:
         raise SystemExit(f"--pi_kind must be one of {toy_env.PI_KINDS}, got {cfg.pi_kind!r}")
+    make_env(cfg, "train")  # an --env that cannot be built stops here, with its reason, before any model loads
     return cfg
 
 
@@ -181,18 +191,18 @@ class HFChatTokenizer:
         self.pad = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
         head = [dict(role="system", content="S"), dict(role="user", content="U")]
         self.generation_prompt = self._render(head, True)[len(self._render(head)):]
-        answered = head + [dict(role="assistant", content="A")]
-        closing = "A" + hf.decode([self.end])
-        text = self._render(answered)
-        after_turn = text[text.rindex(closing) + len(closing):]  # e.g. the "\n" after <|im_end|>
-        # the text around an observation, rendered once (not per turn): the template wraps a placeholder
-        marker = "OBSERVATION"
-        reply = self._render(answered + [dict(role="user", content=marker)], True)[len(text):]
-        self.obs_before = after_turn + reply[:reply.index(marker)]
-        self.obs_after = reply[reply.index(marker) + len(marker):]
+        # the text around an observation, rendered once (not per turn): from the end of a model turn ("A" + eos) to
+        # a placeholder user message, and from it to the next generation prompt. One rendering, not a difference of
+        # two: templates such as Qwen3's render an earlier turn differently once a user message follows it.
+        marker, closing = "OBSERVATION", "A" + hf.decode([self.end])
+        text = self._render(head + [dict(role="assistant", content="A"), dict(role="user", content=marker)], True)
+        self.obs_before, self.obs_after = text[text.index(closing) + len(closing):].split(marker)
 
     def _render(self, messages, generation_prompt=False):
-        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        # enable_thinking=False: Qwen3 answers without a <think> block (a turn here is a few tokens); other templates
+        # ignore the flag
+        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                           enable_thinking=False)
 
     def encode(self, text):
         return self.hf.encode(text, add_special_tokens=False)
@@ -275,7 +285,21 @@ class Episode:
 
 
 def make_env(cfg, split):
-    return toy_env.ToyShopEnv(split, max_turns=cfg.max_turns, shortcut_frac=cfg.shortcut_frac)
+    """The environment of a task split ("train" or "test"), chosen by --env; the README's "The environment API"
+    says what the agent needs of it."""
+    if cfg.env == "toy":
+        return toy_env.ToyShopEnv(split, max_turns=cfg.max_turns, shortcut_frac=cfg.shortcut_frac)
+    if cfg.env.startswith("gem:"):
+        import gem_env  # needs the gem-llm package: imported only for GEM games
+        return gem_env.GemEnv(cfg.env.removeprefix("gem:"), split)
+    module, colon, factory = cfg.env.partition(":")
+    if not colon:
+        raise SystemExit(f"--env is toy, gem:<GEM env id> or module:factory, got {cfg.env!r}")
+    try:
+        make = getattr(importlib.import_module(module), factory)
+    except (ImportError, AttributeError) as err:
+        raise SystemExit(f"--env={cfg.env}: cannot import {factory} from {module} ({err})") from None
+    return make(split, cfg)
 
 
 def pad_left(seqs, pad):
@@ -288,8 +312,15 @@ def pad_left(seqs, pad):
 def rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
     """Play one episode per (split, seed) task, batched, from the teacher view (with_pi=True: the PI block of
     `pi_kind` in the prompt) or the student view. One KV cache spans all turns: each forward feeds only the new
-    tokens (left-padded chunks; attention masks and position ids skip the padding)."""
+    tokens (left-padded chunks; attention masks and position ids skip the padding). With --micro_batch, at most
+    one round's worth of episodes at a time: a large model's KV cache for an evaluation's 400 would not fit."""
+    size = cfg.tasks_per_step * cfg.group_size
+    if cfg.micro_batch and len(tasks) > size:
+        return [e for i in range(0, len(tasks), size)
+                for e in rollout(model, tok, cfg, tasks[i:i + size], with_pi, generator, pi_kind)]
     device, pi_kind = next(model.parameters()).device, pi_kind or cfg.pi_kind
+    training = model.training
+    model.eval()  # with --grad_checkpoint, Hugging Face's layers drop the KV cache in training mode
     envs, episodes, chunks = [], [], []
     for split, seed in tasks:
         env = make_env(cfg, split)
@@ -297,7 +328,7 @@ def rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
         pi = env.privileged_info(pi_kind)
         envs.append(env)
         header = tok.turn_header(1)
-        episodes.append(Episode(split, seed, info["system"], request, pi, info["shortcut"], list(header),
+        episodes.append(Episode(split, seed, info["system"], request, pi, info.get("shortcut", False), list(header),
                                 [0] * len(header), [0.0] * len(header), []))
         chunks.append(tok.prompt(info["system"], request, pi if with_pi else "") + header)
     rows = list(range(len(tasks)))         # batch row -> episode index; finished episodes leave the batch
@@ -349,6 +380,7 @@ def rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
             cache.batch_select_indices(index)
             attn = attn[index]
         rows = [rows[r] for r in keep]
+    model.train(training)
     return episodes
 
 
@@ -375,7 +407,7 @@ def score(model, tok, episodes, view, temperature=1.0):
     ids = torch.tensor([s + [tok.pad] * (width - len(s)) for s in seqs], device=device)
     attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
     with autocast(device):
-        logits = forward(model, ids, attn).logits
+        logits = forward(model, ids, attn, use_cache=False).logits  # no KV cache: nothing is generated after this
     L = max(len(e.tokens) for e in episodes)
     # logits at position p predict token p+1: continuation token j sits at len(prompt)+j
     where = torch.tensor([[min(len(p) + j - 1, width - 1) for j in range(L)] for p in prompts], device=device)
@@ -394,6 +426,13 @@ def kl_per_position(logits_p, logits_q):
 def kl_full_vocab(logits_p, logits_q, mask):
     """Exact KL(p || q) at every position, times mask [B, T], summed per sequence -> [B]."""
     return (kl_per_position(logits_p, logits_q) * mask).sum(-1)
+
+
+def micro_batches(episodes, cfg):
+    """The round's episodes in micro-batches of whole groups (a group's advantages need only its own episodes):
+    --micro_batch episodes each, rounded down to whole groups (at least one), or all at once when it is 0."""
+    size = max(cfg.group_size, cfg.micro_batch - cfg.micro_batch % cfg.group_size) if cfg.micro_batch else len(episodes)
+    return [episodes[i:i + size] for i in range(0, len(episodes), size)]
 
 
 def group_advantages(rewards, group_size):
@@ -439,11 +478,11 @@ def evaluate(model, tok, cfg, view="student", pi_kind=None, n=None, split="test"
     episodes = rollout(model, tok, cfg, tasks, view == "teacher", torch.Generator().manual_seed(seed), pi_kind)
     short = [e for e in episodes if e.shortcut]
     normal = [e for e in episodes if not e.shortcut]
-    def rate(eps):
-        return sum(e.reward for e in eps) / max(1, len(eps))
-    return dict(success=rate(episodes), shortcut=rate(short), normal=rate(normal),
-                lookup_first=sum(e.turns[0][0].startswith("find_user") for e in short) / max(1, len(short)),
-                episodes=episodes)
+    def rate(hits):  # nan where there is nothing to count (no shortcut tasks: other environments have none)
+        return sum(hits) / len(hits) if hits else math.nan
+    return dict(success=rate([e.reward for e in episodes]), shortcut=rate([e.reward for e in short]),
+                normal=rate([e.reward for e in normal]),
+                lookup_first=rate([e.turns[0][0].startswith("find_user") for e in short]), episodes=episodes)
 
 
 @torch.no_grad()
@@ -460,7 +499,7 @@ def base_statistics(model, tok, cfg, n=None):
     """The paper's premise, measured: student success, teacher success per PI kind, PI utility Δ,
     and the initial teacher-student KL on the teacher's own episodes."""
     student = evaluate(model, tok, cfg, "student", n=n)
-    stats = dict(student=student["success"], student_shortcut=student["shortcut"])
+    stats = dict(student=student["success"], student_shortcut=student["shortcut"], student_normal=student["normal"])
     for kind in toy_env.PI_KINDS:
         teacher = evaluate(model, tok, cfg, "teacher", kind, n=n)
         kl_episode, kl_token = mean_kl(model, tok, teacher["episodes"][:200])
@@ -507,7 +546,7 @@ def supervised_step(model, optimizer, examples, pad, device):
     mask = torch.tensor([m + [0] * (width - len(m)) for _, m in examples], device=device).float()
     attn = (torch.arange(width, device=device) < torch.tensor([len(t) for t, _ in examples], device=device)[:, None])
     with autocast(device):
-        logits = forward(model, ids, attn.long()).logits[:, :-1].float()
+        logits = forward(model, ids, attn.long(), use_cache=False).logits[:, :-1].float()
     loss = (F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).sum() / mask[:, 1:].sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -541,7 +580,9 @@ def warm_up(model, tok, cfg, device):
 
 
 def base_cache_path(cfg):
-    keys = ["n_layer", "n_embd", "n_head", "max_turns", "shortcut_frac", "max_action_tokens", "warmup_steps",
+    # what shapes the warmed-up model; not max_action_tokens (it cuts sampled turns; warm-up actions are shorter)
+    # nor shortcut_frac (only the frontier agent takes shortcuts, and the warm-up never shows it)
+    keys = ["n_layer", "n_embd", "n_head", "max_turns", "warmup_steps",
             "warmup_batch", "warmup_lr", "warmup_skill", "warmup_pi_frac", "warmup_eval_every"]
     world = hashlib.sha256("\n".join(environment_texts(n_tasks=50)).encode()).hexdigest()  # the env's text formats
     blob = json.dumps({k: getattr(cfg, k) for k in keys} | {"world": world}, sort_keys=True)
@@ -557,6 +598,9 @@ def load_base(cfg, device):
         model = AutoModelForCausalLM.from_pretrained(cfg.model).to(device)
         print(f"base model: {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
         return model, tok
+    if cfg.env != "toy":
+        raise SystemExit(f"--env={cfg.env} needs a pretrained model: pass --model=<Hugging Face name or local path>. "
+                         "The built-in tiny model knows only the toy world (its tokenizer and warm-up come from it).")
     path = base_cache_path(cfg)
     if os.path.exists(path):
         saved = torch.load(path, map_location=device, weights_only=False)
@@ -591,6 +635,9 @@ class Run:
         self.cfg, self.name = cfg, name
         self.device = pick_device(cfg.device)
         self.model, self.tok = load_base(cfg, self.device)
+        if cfg.grad_checkpoint:  # keep each layer's input only; recompute the rest in the backward pass
+            self.model.activation_checkpointing_enable()  # transformers 5's name for gradient_checkpointing_enable
+            self.model.train()  # it acts in training mode only (no dropout in Qwen3 or Llama: nothing else changes)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.rng = random.Random(cfg.seed)                      # which training tasks
         self.generator = torch.Generator().manual_seed(cfg.seed)  # which tokens are sampled
@@ -606,14 +653,33 @@ class Run:
         seeds = [self.rng.randrange(VAL_SEEDS) for _ in range(self.cfg.tasks_per_step)]
         return [("train", s) for s in seeds for _ in range(self.cfg.group_size)]
 
-    def update(self, loss):
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; last good checkpoint: {self.ckpt_path}")
+    def update(self, losses):
+        """One gradient step on the round's loss, given as (loss, n, stats) per micro-batch: the loss a mean over the
+        micro-batch's n model tokens (one micro-batch, the whole round, unless --micro_batch). Each is back-propagated
+        before the next micro-batch is scored, so only one holds activations. Weighted by n and divided by the total,
+        the summed gradients are exactly the gradient of the whole batch's loss (Σ over all its model tokens / their
+        number). Returns the stats averaged over the tokens; {} and no step when there was nothing to learn from."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        parts = []
+        for loss, n, stats in losses:
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; "
+                                         f"last good checkpoint: {self.ckpt_path}")
+            # weights relative to the first micro-batch, so that a single one is exactly loss.backward()
+            (loss * (n / parts[0][0]) if parts else loss).backward()
+            parts.append((n, stats))
+        if not parts:
+            return {}
+        total = sum(n for n, _ in parts)
+        if len(parts) > 1:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad *= parts[0][0] / total
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
-        return grad_norm.item()
+        if len(parts) == 1:
+            return parts[0][1]
+        return {k: sum(n * stats[k] for n, stats in parts) / total for k in parts[0][1]}
 
     # --- records
     def log(self, record):
@@ -633,7 +699,8 @@ class Run:
             raise SystemExit(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
         state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
         ours = dataclasses.asdict(self.cfg)
-        diff = [k for k in ours if k not in ("resume", "steps") and state["config"].get(k) != ours[k]]
+        defaults = dataclasses.asdict(type(self.cfg)())  # a checkpoint older than a flag was made with its default
+        diff = [k for k in ours if k not in ("resume", "steps") and state["config"].get(k, defaults[k]) != ours[k]]
         if diff:
             raise SystemExit(f"checkpoint {self.ckpt_path} was made with another config: "
                              + ", ".join(f"{k}={state['config'].get(k)!r} (now {ours[k]!r})" for k in diff))
@@ -654,7 +721,8 @@ class Run:
         """Held-out success of the student (no PI) and of the teacher (cfg.pi_kind)."""
         s = evaluate(self.model, self.tok, self.cfg, "student")
         t = evaluate(self.model, self.tok, self.cfg, "teacher")
-        return dict(student=s["success"], student_shortcut=s["shortcut"], student_lookup_first=s["lookup_first"],
+        return dict(student=s["success"], student_shortcut=s["shortcut"], student_normal=s["normal"],
+                    student_lookup_first=s["lookup_first"],
                     teacher=t["success"], teacher_shortcut=t["shortcut"], teacher_lookup_first=t["lookup_first"],
                     kl_token=mean_kl(self.model, self.tok, t["episodes"][:200])[1]), s, t
 
@@ -673,8 +741,9 @@ class Run:
             self.resume()
         else:
             open(self.metrics_path, "w").close()
-            base = base_statistics(self.model, self.tok, cfg)
-            print_base_statistics(base, cfg.eval_tasks)
+            base = base_statistics(self.model, self.tok, cfg) if cfg.base_stats else None
+            if base:
+                print_base_statistics(base, cfg.eval_tasks)
             self.log(dict(step=0, eval=True, **self.evaluate()[0], base=base))
         t0, last_eval = time.time(), None
         while self.step < cfg.steps:

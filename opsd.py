@@ -60,36 +60,53 @@ def opsd_loss(logp_student, logp_student_old, advantages, mask, beta, eps=0.2, k
                       kl=mean(kl_tokens.detach()) if kl_tokens is not None else float("nan"))
 
 
+def micro_batch_losses(run, teacher, batches, keeps):
+    """The loss of each micro-batch of whole groups of student episodes (one micro-batch, the whole round, unless
+    --micro_batch), yielded as (loss, model tokens, stats) to agent.Run.update, which back-propagates each before the
+    next is scored. Appends each micro-batch's kept episodes [B] to keeps."""
+    cfg, model, tok = run.cfg, run.model, run.tok
+    for episodes in batches:
+        _, mask, logp_old = agent.batch_continuations(episodes, run.device)
+        R = torch.tensor([e.reward for e in episodes], device=run.device)
+        with torch.no_grad():  # sg π_T: the teacher view only scores the student's tokens
+            logits_T, logp_T = agent.score(teacher, tok, episodes, "teacher", cfg.temperature)
+        logits_S, logp_S = agent.score(model, tok, episodes, "student", cfg.temperature)
+        log_ratio = (logp_S.detach() - logp_T) * mask          # sampled log π_S − log π_T, as a reward only
+        shaped = R - cfg.beta * log_ratio.sum(1) if cfg.kl_estimator == "reward" else R
+        A = agent.group_advantages(shaped, cfg.group_size)
+        kl_tokens = None
+        if cfg.kl_estimator == "analytic":
+            kl_tokens = agent.kl_per_position(logits_S, logits_T)
+        elif cfg.kl_estimator == "token":
+            A = A.unsqueeze(1) - cfg.beta * log_ratio
+        keep = torch.ones(len(episodes), dtype=torch.bool, device=run.device)
+        if cfg.beta == 0:  # plain GRPO: groups whose rewards are all equal carry no signal
+            keep = agent.groups_with_signal(A, cfg.group_size)
+        keeps.append(keep)
+        if keep.any():
+            loss, stats = opsd_loss(logp_S[keep], logp_old[keep], A[keep], mask[keep], cfg.beta, cfg.clip_eps,
+                                    None if kl_tokens is None else kl_tokens[keep])
+            yield loss, mask[keep].sum().item(), stats
+
+
+def attach_teacher(run):
+    """A frozen or EMA teacher starts as a copy of the model the run starts from; it is saved with the run."""
+    if run.cfg.teacher != "live":
+        run.extra["teacher"] = copy.deepcopy(run.model).requires_grad_(False)
+
+
 def train_step(run):
     """One round of Algorithm 2: student rollouts, teacher scoring of the same tokens, GRPO + β·KL update."""
-    cfg, model, tok = run.cfg, run.model, run.tok
-    teacher = model if cfg.teacher == "live" else run.extra["teacher"]
-    episodes = agent.rollout(model, tok, cfg, run.sample_tasks(), with_pi=False, generator=run.generator)
-    _, mask, logp_old = agent.batch_continuations(episodes, run.device)
-    R = torch.tensor([e.reward for e in episodes], device=run.device)
-    with torch.no_grad():  # sg π_T: the teacher view only scores the student's tokens
-        logits_T, logp_T = agent.score(teacher, tok, episodes, "teacher", cfg.temperature)
-    logits_S, logp_S = agent.score(model, tok, episodes, "student", cfg.temperature)
-    log_ratio = (logp_S.detach() - logp_T) * mask          # sampled log π_S − log π_T, as a reward only
-    shaped = R - cfg.beta * log_ratio.sum(1) if cfg.kl_estimator == "reward" else R
-    A = agent.group_advantages(shaped, cfg.group_size)
-    kl_tokens = None
-    if cfg.kl_estimator == "analytic":
-        kl_tokens = agent.kl_per_position(logits_S, logits_T)
-    elif cfg.kl_estimator == "token":
-        A = A.unsqueeze(1) - cfg.beta * log_ratio
-    keep = torch.ones(len(episodes), dtype=torch.bool, device=run.device)
-    if cfg.beta == 0:  # plain GRPO: groups whose rewards are all equal carry no signal
-        keep = agent.groups_with_signal(A, cfg.group_size)
-    stats = dict(student_success=R.mean().item(), groups=keep.float().mean().item())
-    if keep.any():
-        loss, loss_stats = opsd_loss(logp_S[keep], logp_old[keep], A[keep], mask[keep], cfg.beta, cfg.clip_eps,
-                                     None if kl_tokens is None else kl_tokens[keep])
-        run.update(loss)
-        stats |= loss_stats
+    cfg = run.cfg
+    teacher = run.model if cfg.teacher == "live" else run.extra["teacher"]
+    episodes = agent.rollout(run.model, run.tok, cfg, run.sample_tasks(), with_pi=False, generator=run.generator)
+    keeps = []
+    loss_stats = run.update(micro_batch_losses(run, teacher, agent.micro_batches(episodes, cfg), keeps))
+    stats = dict(student_success=torch.tensor([e.reward for e in episodes]).mean().item(),
+                 groups=torch.cat(keeps).float().mean().item(), **loss_stats)
     if cfg.teacher == "ema":
         with torch.no_grad():
-            for p_teacher, p in zip(teacher.parameters(), model.parameters()):
+            for p_teacher, p in zip(teacher.parameters(), run.model.parameters()):
                 p_teacher.lerp_(p, 1 - cfg.ema_decay)
     return stats
 
@@ -99,6 +116,5 @@ if __name__ == "__main__":
     if cfg.teacher not in ("live", "ema", "frozen") or cfg.kl_estimator not in ("analytic", "reward", "token"):
         raise SystemExit("--teacher must be live|ema|frozen and --kl_estimator analytic|reward|token")
     run = agent.Run(cfg, f"OPSD (β={cfg.beta}, {cfg.teacher} teacher)")
-    if cfg.teacher != "live":
-        run.extra["teacher"] = copy.deepcopy(run.model).requires_grad_(False)
+    attach_teacher(run)
     run.train(train_step)

@@ -68,37 +68,51 @@ def leaks(text):
     return sum(text.count(word) for word in LEAK_WORDS)
 
 
-def train_step(run):
-    """One round of Algorithm 1: teacher rollouts, shaped rewards, group advantages, joint update(s)."""
+def micro_batch_losses(run, batches, alpha, shaped):
+    """Steps 2-6 on each micro-batch of whole groups (one micro-batch, all the round's episodes, unless
+    --micro_batch), yielded as (loss, model tokens, stats) to agent.Run.update, which back-propagates each before
+    the next is scored. shaped[i] = (KL_seq, A, keep) of micro-batch i is set at the round's first update and kept."""
     cfg, model, tok = run.cfg, run.model, run.tok
-    # 1. G teacher episodes for each of the round's tasks, with the PI block in the prompt
-    episodes = agent.rollout(model, tok, cfg, run.sample_tasks(), with_pi=True, generator=run.generator)
-    _, mask, logp_teacher_old = agent.batch_continuations(episodes, run.device)
-    R = torch.tensor([e.reward - cfg.leak_penalty * sum(leaks(t) for t, _ in e.turns) for e in episodes],
-                     device=run.device)
-    alpha = cfg.alpha * min(1.0, (run.step + 1) / cfg.alpha_anneal_steps) if cfg.alpha_anneal_steps else cfg.alpha
-    for update in range(cfg.updates_per_round):
+    for i, episodes in enumerate(batches):
+        _, mask, logp_teacher_old = agent.batch_continuations(episodes, run.device)
         # 2. score the same tokens in both views: π_T (PI in the prompt) and π_S (no PI), with gradients
         logits_T, logp_T = agent.score(model, tok, episodes, "teacher", cfg.temperature)
         logits_S, logp_S = agent.score(model, tok, episodes, "student", cfg.temperature)
-        if update == 0:
+        if shaped[i] is None:
             # 3. shaped reward R' = R − β·KL_seq, KL exact over the vocabulary at each sampled position, detached;
             #    averaged over the episode's tokens (summed, ~5 nats here, β·KL would swamp a 0/1 reward)
+            R = torch.tensor([e.reward - cfg.leak_penalty * sum(leaks(t) for t, _ in e.turns) for e in episodes],
+                             device=run.device)
             kl_seq = agent.kl_full_vocab(logits_T.detach(), logits_S.detach(), mask)
             if not cfg.kl_sum:
                 kl_seq = kl_seq / mask.sum(1).clamp(min=1)
             A = agent.group_advantages(R - cfg.beta * kl_seq, cfg.group_size)
-            keep = agent.groups_with_signal(A, cfg.group_size)
-        if not keep.any():  # every group had identical rewards: no signal this round
-            return dict(teacher_success=sum(e.reward for e in episodes) / len(episodes), kl=kl_seq.mean().item(),
-                        groups=0.0)
+            shaped[i] = kl_seq, A, agent.groups_with_signal(A, cfg.group_size)
+        kl_seq, A, keep = shaped[i]
+        if not keep.any():  # every group had identical rewards: no signal here
+            continue
         kl_forward = agent.kl_per_position(logits_T.detach(), logits_S)[keep] if cfg.forward_kl > 0 else None
         # 4-6. α·(clipped GRPO on ρ_T) + (1 − α)·(clipped ρ_S = π_S / sg π_T), same advantages
         loss, stats = pi_distill_loss(logp_T[keep], logp_teacher_old[keep], logp_S[keep], A[keep], mask[keep], alpha,
                                       cfg.clip_eps, cfg.ratio_cap, kl_forward, cfg.forward_kl)
-        run.update(loss)
-    return dict(teacher_success=sum(e.reward for e in episodes) / len(episodes), kl=kl_seq.mean().item(),
-                alpha=alpha, groups=keep.float().mean().item(), **stats)
+        yield loss, mask[keep].sum().item(), stats
+
+
+def train_step(run):
+    """One round of Algorithm 1: teacher rollouts, shaped rewards, group advantages, joint update(s)."""
+    cfg = run.cfg
+    # 1. G teacher episodes for each of the round's tasks, with the PI block in the prompt
+    episodes = agent.rollout(run.model, run.tok, cfg, run.sample_tasks(), with_pi=True, generator=run.generator)
+    alpha = cfg.alpha * min(1.0, (run.step + 1) / cfg.alpha_anneal_steps) if cfg.alpha_anneal_steps else cfg.alpha
+    batches = agent.micro_batches(episodes, cfg)  # [episodes] unless --micro_batch
+    shaped = [None] * len(batches)
+    for _ in range(cfg.updates_per_round):
+        stats = run.update(micro_batch_losses(run, batches, alpha, shaped))
+    kl_seq, _, keep = (torch.cat(parts) for parts in zip(*shaped))
+    summary = dict(teacher_success=sum(e.reward for e in episodes) / len(episodes), kl=kl_seq.mean().item())
+    if not stats:  # every group had identical rewards: no signal this round
+        return summary | dict(groups=0.0)
+    return summary | dict(alpha=alpha, groups=keep.float().mean().item(), **stats)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """The test suite: the toy world, the agent's machinery, and every loss against an exact brute-force oracle.
 Fast on a 2-core CPU; nothing is downloaded.   python -m pytest -q test_all.py"""
+import copy
 import dataclasses
 import json
+import math
+import os
 import random
 import string
 
@@ -9,6 +12,7 @@ import pytest
 import torch
 
 import agent
+import compare
 import toy_env
 
 # ----------------------------------------------------------------------------- the toy world
@@ -497,6 +501,38 @@ def test_pi_distill_steps_raise_student_success(tmp_path):
     assert student() >= before + E2E_MARGIN
 
 
+# ----------------------------------------------------------------------------- compare.py: the baselines and the table
+
+
+def test_sft_examples_are_the_frontier_trace_with_or_without_its_reasoning():
+    tok = agent.load_base(agent.Config(), torch.device("cpu"))[1]
+    env = toy_env.ToyShopEnv("train")
+    for seed in range(20):
+        env.reset(seed)
+        demo = env.demonstration()
+        for cot in (False, True):
+            tokens, mask = compare.frontier_example(tok, env, seed, cot)
+            written = tok.decode([t for t, m in zip(tokens, mask) if m])
+            assert all(action in written and (reasoning in written) == cot for reasoning, action in demo)
+            assert toy_env.PI_OPEN not in tok.decode(tokens)  # the student's view: no PI block
+
+
+def test_compare_runs_every_method_on_one_budget_and_never_redoes_a_run(tmp_path, monkeypatch):
+    argv = ["--steps=1", "--workers=1", "--eval_tasks=8", "--sft_steps=2", "--sft_eval_every=1", "--sft_batch=4",
+            f"--out_dir={tmp_path}", "--quick"]
+    compare.main(argv)
+    table = (tmp_path / "results.md").read_text()
+    assert all(f"| {m} |" in table for m in compare.METHODS) and all(f"| {k} |" in table for k in toy_env.PI_KINDS)
+    assert all(f"| {b} |" in table for b in compare.BETAS) and "SFT w/ CoT (checkpoint by validation)" in table
+    results = [json.loads((d / "result.json").read_text()) for d in (tmp_path / "runs").iterdir()]
+    assert len(results) == len(compare.METHODS) + 2 * len(compare.PI_METHODS) + len(compare.BETAS) - 1
+    assert {r["curve"][-1][0] for r in results} == {1 * 8 * 8}  # every method sampled the same episodes
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "kl_vs_success.png").stat().st_size > 0
+    monkeypatch.setattr(compare, "execute", lambda *args: pytest.fail("a finished run was redone"))
+    compare.main(argv)
+    assert (tmp_path / "results.md").read_text() == table
+
+
 # ----------------------------------------------------------------------------- a pretrained model's own tokenizer
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -557,3 +593,197 @@ def test_one_training_step_with_a_pretrained_model(hf_model_dir, tmp_path, algor
     final = run.train(module.train_step)
     assert 0.0 <= final["student"] <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
+
+
+# ----------------------------------------------------------------------------- beyond the toy: GEM, your env, memory
+# The GEM adapter run for real (gem-llm's offline games download nothing), the --env=module:factory example from the
+# README, a Qwen3-style chat template, and micro-batches + gradient checkpointing giving the full batch's gradient.
+
+try:
+    import gem_env
+except ImportError:  # gem-llm installs on Python <= 3.12 only (requirements.txt)
+    gem_env = None
+needs_gem = pytest.mark.skipif(gem_env is None, reason="the gem-llm package is not installed (Python <= 3.12)")
+GEM_GAMES = ["game:TowerofHanoi-v0-easy", "game:GuessTheNumber-v0-hard", "game:Mastermind-v0-hard"]
+
+
+@needs_gem
+@pytest.mark.parametrize("env_id", GEM_GAMES)
+def test_gem_solver_following_the_pi_succeeds(env_id):
+    """The solver's actions are the calls PI, one numbered step per turn; playing them solves every task, reward 1
+    at the last step only."""
+    for split in ("train", "test"):
+        env = gem_env.GemEnv(env_id, split)
+        for seed in range(5):
+            request, info = env.reset(seed)
+            assert request and info["system"] == gem_env.SYSTEM_PROMPT
+            actions = [a for _, a in env.demonstration()]
+            assert env.privileged_info("calls").splitlines() == [f"step{k} {a}" for k, a in enumerate(actions, 1)]
+            for k, action in enumerate(actions, 1):
+                obs, reward, terminated, truncated, _ = env.step(action)
+                assert reward == float(k == len(actions)) and terminated == (k == len(actions)) and not truncated
+            assert "Congratulations" in obs
+            with pytest.raises(RuntimeError):
+                env.step(actions[0])
+
+
+@needs_gem
+def test_gem_wrong_or_malformed_moves_fail():
+    for env_id in GEM_GAMES:  # nothing the model writes crashes the adapter
+        env = gem_env.GemEnv(env_id)
+        for seed, text in enumerate(["", "\\boxed{}", "\\boxed{" + "9" * 5000 + "}", "\x00🙂", None, "\\boxed{A"]):
+            env.reset(seed)
+            obs, reward, *_ = env.step(text)
+            assert isinstance(obs, str) and reward == 0.0
+    hanoi = gem_env.GemEnv("game:TowerofHanoi-v0-easy")
+    hanoi.reset(0)
+    assert hanoi.step("\\boxed{A C}")[1:4] == (0.0, False, False)
+    obs, reward, terminated, _, _ = hanoi.step("\\boxed{A C}")  # disk 2 onto disk 1: refused, the game goes on
+    assert "larger" in obs and reward == 0.0 and not terminated
+    for _ in range(8):  # the remaining turns without solving it: truncated, and GEM's partial credit is not a success
+        obs, reward, terminated, truncated, _ = hanoi.step("\\boxed{C B}" if "C: [1]" in obs else "\\boxed{B C}")
+    assert truncated and reward == 0.0
+    hanoi.reset(0)
+    assert hanoi.step("move the small disk")[1:3] == (0.0, True)  # GEM ends the game at an unparsable action
+    guess = gem_env.GemEnv("game:GuessTheNumber-v0-easy")
+    guess.reset(3)
+    wrong = [n for n in range(1, 11) if n != guess.gem.game_number]
+    results = [guess.step(f"\\boxed{{{n}}}") for n in wrong[:4]]
+    assert [r[1] for r in results] == [0.0] * 4 and results[-1][3]  # four wrong guesses: out of turns, reward 0
+
+
+@needs_gem
+def test_gem_pi_kinds_decrease_in_information():
+    env = gem_env.GemEnv("game:Mastermind-v0-hard")
+    env.reset(7)
+    code = env.gem.game_code
+    calls, names, hint = (env.privileged_info(k) for k in toy_env.PI_KINDS)
+    assert calls == "step1 \\boxed{" + " ".join(map(str, code)) + "}"
+    assert names.split()[-4:] == [str(d) for d in sorted(code)] and hint.endswith(str(code[0]))
+    env = gem_env.GemEnv("game:TowerofHanoi-v0-easy")
+    env.reset(0)
+    assert [line.split()[-1] for line in env.privileged_info("names").splitlines()] == list("1213121")
+    assert "A -> C -> B" in env.privileged_info("hint")
+    with pytest.raises(ValueError):
+        env.privileged_info("everything")
+
+
+@needs_gem
+def test_gem_splits_use_disjoint_seeds_and_leave_the_global_rng_alone():
+    def codes(split):
+        env = gem_env.GemEnv("game:Mastermind-v0-hard", split)
+        return [(env.reset(seed), tuple(env.gem.game_code))[1] for seed in range(20)]
+    assert codes("train") == codes("train") and codes("train") != codes("test")
+    random.seed(5)
+    expected = random.random()
+    random.seed(5)
+    gem_env.GemEnv("game:GuessTheNumber-v0-hard").reset(123)
+    assert random.random() == expected
+
+
+@needs_gem
+def test_gem_refuses_downloads_and_unknown_ids():
+    for env_id, needle in [("game:Wordle-v0-easy", "nltk"), ("math:GSM8K", "Hugging Face Hub"),
+                           ("game:NoSuchGame-v0", "unknown id"), ("game:Sudoku-v0-easy", "without a solver")]:
+        with pytest.raises(SystemExit) as err:
+            agent.parse_args(agent.Config, [f"--env=gem:{env_id}"])
+        assert needle in str(err.value) and "game:TowerofHanoi-v0-easy" in str(err.value)
+    with pytest.raises(SystemExit, match="--model"):  # the tiny model is warmed up on the toy world only
+        agent.load_base(agent.Config(env="gem:game:TowerofHanoi-v0-easy"), torch.device("cpu"))
+
+
+@needs_gem
+@pytest.mark.parametrize("algorithm", ["pi_distill", "opsd"])
+def test_one_training_step_on_a_gem_game(hf_model_dir, tmp_path, algorithm, monkeypatch):
+    """One step of each algorithm on a GEM game with a pretrained-style model: the same path as
+    --model=Qwen/Qwen3-0.6B --env=gem:game:GuessTheNumber-v0-easy. An untrained model never wins (and its two views
+    barely differ), so wins are made random here to give the update a signal."""
+    coin = random.Random(0)
+    monkeypatch.setattr(gem_env, "solved", lambda game, g: coin.random() < 0.5)
+    module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
+    argv = ["--env=gem:game:GuessTheNumber-v0-easy", f"--model={hf_model_dir}", f"--out_dir={tmp_path}", "--steps=1",
+            "--tasks_per_step=2", "--group_size=2", "--eval_tasks=4"]
+    cfg = agent.parse_args(pi_distill.PiDistillConfig if algorithm == "pi_distill" else opsd.OPSDConfig,
+                           argv + (["--teacher=live"] if algorithm == "opsd" else []))
+    run = agent.Run(cfg, algorithm)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    final = run.train(module.train_step)
+    assert 0.0 <= final["student"] <= 1.0 and math.isnan(final["student_shortcut"])  # no shortcut tasks in GEM
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
+    episode = agent.rollout(run.model, run.tok, cfg, [("train", 0)], True, torch.Generator().manual_seed(0))[0]
+    assert "Guess The Number" in episode.request and episode.pi.startswith("step1 \\boxed{")
+
+
+def readme_example(first_line):
+    """The README's code block that starts with first_line, so the README's example is the tested one."""
+    text = open(os.path.join(os.path.dirname(__file__), "README.md")).read()
+    start = text.index("```python\n" + first_line) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+def test_env_module_factory_example_from_the_readme(hf_model_dir, tmp_path, monkeypatch):
+    (tmp_path / "reverse_env.py").write_text(readme_example("# reverse_env.py"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # with micro-batches and checkpointing; evaluation's 6 tasks are then played 4 (one round) at a time
+    cfg = agent.parse_args(pi_distill.PiDistillConfig, [
+        "--env=reverse_env:make", f"--model={hf_model_dir}", f"--out_dir={tmp_path / 'run'}", "--steps=1",
+        "--tasks_per_step=2", "--group_size=2", "--eval_tasks=6", "--micro_batch=2", "--grad_checkpoint=True"])
+    env = agent.make_env(cfg, "test")
+    request, info = env.reset(0)
+    word = request.split()[1]
+    assert env.privileged_info("calls") == f"step1 {word[::-1]}" and env.step(word[::-1])[1:3] == (1.0, True)
+    assert 0.0 <= agent.Run(cfg, "reverse").train(pi_distill.train_step)["student"] <= 1.0
+    with pytest.raises(SystemExit, match="cannot import"):
+        agent.parse_args(agent.Config, ["--env=reverse_env:no_such_factory"])
+
+
+QWEN3_STYLE = (  # Qwen3's chat template in brief: an assistant turn after the last user message shows an empty
+    # <think> block, earlier ones do not, and enable_thinking=False opens each answer with an empty one
+    "{% set ns = namespace(last_user=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' and loop.index0 > ns.last_user %}<think>\n\n</think>\n\n{% endif %}"
+    "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def test_pretrained_tokenizer_handles_a_qwen3_style_template(hf_model_dir):
+    from transformers import AutoTokenizer
+    hf = AutoTokenizer.from_pretrained(hf_model_dir)
+    hf.chat_template = QWEN3_STYLE
+    tok = agent.HFChatTokenizer(hf)
+    tokens, _ = agent.episode_tokens(tok, [("find_user alice", "user U37"), ("get_orders U37", None)])
+    empty = "<think>\n\n</think>\n\n"
+    assert tok.hf.decode(tokens) == (
+        f"<|im_start|>assistant\n{empty}step1 find_user alice<|im_end|>\n<|im_start|>user\nuser U37<|im_end|>\n"
+        f"<|im_start|>assistant\n{empty}step2 get_orders U37<|im_end|>")
+
+
+@pytest.mark.parametrize("algorithm", ["pi_distill", "opsd"])
+def test_micro_batches_and_checkpointing_give_the_full_batch_gradient(tiny, tmp_path, monkeypatch, algorithm):
+    """The same round's episodes, back-propagated all at once and then one group at a time with gradient
+    checkpointing: the accumulated gradient and the step statistics equal the full batch's. The rollout of a
+    checkpointed model (training mode) still uses its KV cache: the same episodes as the plain model's."""
+    cls = pi_distill.PiDistillConfig if algorithm == "pi_distill" else opsd.OPSDConfig
+    cfg = tiny_run_config(cls, tiny, tmp_path, tasks_per_step=4, group_size=4)
+    plain = agent.Run(cfg, "full batch")
+    chunked = agent.Run(dataclasses.replace(cfg, micro_batch=6, grad_checkpoint=True), "micro-batches")
+    tasks = [("train", s) for s in range(4) for _ in range(4)]
+    episodes = agent.rollout(plain.model, plain.tok, cfg, tasks, True, torch.Generator().manual_seed(0))
+    again = agent.rollout(chunked.model, chunked.tok, cfg, tasks, True, torch.Generator().manual_seed(0))
+    assert [e.tokens for e in episodes] == [e.tokens for e in again] and chunked.model.training
+    def gradient(run):
+        monkeypatch.setattr(run.optimizer, "step", lambda: None)  # keep the gradient, not the step
+        batches = agent.micro_batches(episodes, run.cfg)
+        if algorithm == "pi_distill":
+            stats = run.update(pi_distill.micro_batch_losses(run, batches, 0.5, [None] * len(batches)))
+        else:
+            stats = run.update(opsd.micro_batch_losses(run, copy.deepcopy(run.model), batches, []))
+        return len(batches), [p.grad.clone() for p in run.model.parameters()], stats
+    (n_full, full, stats_full), (n_chunks, chunks, stats_chunks) = gradient(plain), gradient(chunked)
+    assert (n_full, n_chunks) == (1, 4)  # micro_batch=6 rounds down to whole groups of 4
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(full, chunks))
+    assert max(g.abs().max() for g in full) > 0
+    assert stats_full.keys() == stats_chunks.keys()
+    assert all(stats_full[k] == pytest.approx(stats_chunks[k], rel=1e-4, nan_ok=True) for k in stats_full)

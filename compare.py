@@ -1,0 +1,296 @@
+"""
+compare.py -- the paper's table in miniature (PAPER.md §6-§9): every method on one budget, over seeds.
+
+    python compare.py --quick     # ≤ 30 min on a 2-core CPU: 1 seed, 100 rounds per method, 150 SFT steps
+    python compare.py             # 3 seeds, 400 rounds per method: a GPU, or a long CPU run
+
+The budget is the number of sampled episodes: every method runs `steps` rounds of tasks_per_step × group_size
+episodes with one gradient step per round (25,600 episodes at the defaults). The SFT baselines first train on
+sft_steps × sft_batch of the frontier agent's traces (demonstrations, not sampled episodes), then do the same RL.
+Every run is one process, cached in results/runs/<hash of its config>/: rerunning the command redoes only
+what did not finish. Writes results/results.md, results/curves.png and results/kl_vs_success.png.
+"""
+import copy
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import random
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import agent
+import opsd
+import pi_distill
+import toy_env
+
+ALGORITHMS = {"pi_distill": pi_distill, "opsd": opsd}
+COT_TOKENS = 24  # a reasoning line and its action fit in one turn (the longest is 15 tokens; actions alone need 8)
+
+# the table's methods: label -> (algorithm, config overrides, SFT stage before the RL: "", "actions" or "cot")
+METHODS = {
+    "RL": ("opsd", dict(beta=0.0), ""),
+    "SFT w/o CoT + RL": ("opsd", dict(beta=0.0), "actions"),
+    "SFT w/ CoT + RL": ("opsd", dict(beta=0.0, max_action_tokens=COT_TOKENS), "cot"),
+    "OPSD": ("opsd", {}, ""),
+    "π-Distill α=0": ("pi_distill", dict(alpha=0.0, alpha_anneal_steps=0), ""),
+    "π-Distill α=0.5": ("pi_distill", {}, ""),   # α annealed 0 → 0.5, as the paper does
+    "π-Distill α=1": ("pi_distill", dict(alpha=1.0, alpha_anneal_steps=0), ""),
+}
+PI_METHODS = ["π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "OPSD"]  # the ones that use the PI
+BETAS = [0.0, 0.25, 0.5]  # the teacher's KL penalty, swept for π-Distill α = 0.5
+
+
+@dataclass
+class CompareConfig(agent.Config):
+    out_dir: str = "results"
+    quick: bool = False        # caps seeds at 1, rounds at 100, SFT steps at 150: ≤ 30 min on a 2-core CPU
+    seeds: int = 3
+    workers: int = 2           # runs in parallel, one process each (2 one-thread runs beat one two-thread run)
+    sft_steps: int = 300
+    sft_batch: int = 32
+    sft_lr: float = 1e-3
+    sft_eval_every: int = 50
+
+
+# ----------------------------------------------------------------------------- the SFT baselines
+
+
+def frontier_example(tok, env, seed, cot):
+    """One of the frontier agent's (always successful) traces as a student-view training example:
+    the actions only, or each preceded by its reasoning line (the student writes both)."""
+    request, info = env.reset(seed)
+    turns = []
+    for reasoning, action in env.demonstration():
+        obs = env.step(action)[0]
+        turns.append((f"{reasoning}\n{action}" if cot else action, obs))
+    turns[-1] = (turns[-1][0], None)  # the episode ends with the last action
+    tokens, mask = agent.episode_tokens(tok, turns)
+    prompt = tok.prompt(info["system"], request)
+    return prompt + tokens, [0] * len(prompt) + mask
+
+
+def sft(run, cot, cc):
+    """Fine-tune the student on frontier traces of training tasks; keep the weights with the best student
+    success on validation training tasks (as a user would: the test split is never looked at)."""
+    rng, env = random.Random(run.cfg.seed), agent.make_env(run.cfg, "train")
+    optimizer = torch.optim.AdamW(run.model.parameters(), lr=cc["sft_lr"], weight_decay=0.0)
+    best = (-1.0, None, 0)
+    for step in range(1, cc["sft_steps"] + 1):
+        examples = [frontier_example(run.tok, env, rng.randrange(agent.VAL_SEEDS), cot) for _ in range(cc["sft_batch"])]
+        loss = agent.supervised_step(run.model, optimizer, examples, run.tok.pad, run.device)
+        if step % cc["sft_eval_every"] == 0 or step == cc["sft_steps"]:
+            val = agent.evaluate(run.model, run.tok, run.cfg, "student", n=min(200, run.cfg.eval_tasks), split="val")["success"]
+            print(f"sft {step:4d} | loss {loss:.3f} | val student {val:.3f}", flush=True)
+            if val > best[0]:
+                best = (val, copy.deepcopy(run.model.state_dict()), step)
+    run.model.load_state_dict(best[1])
+    test = agent.evaluate(run.model, run.tok, run.cfg, "student")
+    return dict(val=best[0], step=best[2], student=test["success"], student_shortcut=test["shortcut"],
+                student_normal=test["normal"])
+
+
+# ----------------------------------------------------------------------------- one run, cached
+
+
+def job(cc, method, seed, algorithm, overrides, sft_kind):
+    """A run is described by plain data; its hash names its folder, so a finished run is found again."""
+    config_class = pi_distill.PiDistillConfig if algorithm == "pi_distill" else opsd.OPSDConfig
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    config = {k: v for k, v in cc.items() if k in fields} | overrides | dict(seed=seed, base_stats=False)
+    config.pop("out_dir")
+    spec = dict(algorithm=algorithm, config=config,
+                sft={k: cc[k] for k in ("sft_steps", "sft_batch", "sft_lr", "sft_eval_every")} | {"kind": sft_kind}
+                if sft_kind else None)
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return dict(spec, method=method, seed=seed, dir=os.path.join(cc["out_dir"], "runs", key))
+
+
+def execute(job, threads):
+    """Train one method with one seed in this process (its printed lines go to log.txt); returns its result."""
+    torch.set_num_threads(threads)
+    module = ALGORITHMS[job["algorithm"]]
+    config_class = pi_distill.PiDistillConfig if job["algorithm"] == "pi_distill" else opsd.OPSDConfig
+    cfg = config_class(**job["config"], out_dir=job["dir"])
+    os.makedirs(job["dir"], exist_ok=True)
+    t0 = time.time()
+    with open(os.path.join(job["dir"], "log.txt"), "w") as log, redirect_stdout(log):
+        run = agent.Run(cfg, job["method"])
+        sft_result = sft(run, job["sft"]["kind"] == "cot", job["sft"]) if job["sft"] else None
+        if module is opsd:
+            opsd.attach_teacher(run)
+        final = run.train(module.train_step)
+    curve = [(r["step"] * cfg.tasks_per_step * cfg.group_size, r["student"])
+             for r in map(json.loads, open(os.path.join(job["dir"], "metrics.jsonl"))) if r.get("eval")]
+    result = dict(method=job["method"], seed=job["seed"], pi_kind=cfg.pi_kind, final=final, curve=curve,
+                  sft=sft_result, seconds=time.time() - t0)
+    with open(os.path.join(job["dir"], "result.json"), "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def cached(job):
+    path = os.path.join(job["dir"], "result.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def write_report(cc, command, base, results, hardware):
+    by = {}
+    for r in results:
+        by.setdefault((r["method"], r["pi_kind"], r.get("beta")), []).append(r)
+    def final(method, key, kind="calls", beta=None):
+        return mean_std([r["final"].get(key) for r in by.get((method, kind, beta), [])])
+    lines = [
+        "# The paper's table on the toy world",
+        "",
+        f"`{command}`: {cc['seeds']} seed(s), {cc['steps']} rounds × "
+        f"{cc['tasks_per_step']} tasks × {cc['group_size']} episodes = {cc['steps'] * cc['tasks_per_step'] * cc['group_size']:,} "
+        f"sampled episodes per method (one gradient step per round); SFT first trains {cc['sft_steps']} steps × "
+        f"{cc['sft_batch']} frontier traces. Held-out student success (no PI) on {cc['eval_tasks']} test tasks, "
+        f"sampled at temperature {cc['temperature']}, mean ± std over seeds. {hardware}, {cc['workers']} runs at a time; "
+        f"the runs took {sum(r['seconds'] for r in results) / 60:.0f} min in all.",
+        "",
+        "| method | student | shortcut tasks | other tasks | teacher (PI=calls) |",
+        "|---|---|---|---|---|",
+        "| frontier agent (reference) | 1.000 | 1.000 | 1.000 | |",
+        f"| base | {base['student']:.3f} | {base['student_shortcut']:.3f} | {base['student_normal']:.3f} | "
+        f"{base['calls']['teacher']:.3f} |",
+    ]
+    for label in ("SFT w/o CoT", "SFT w/ CoT"):  # the SFT checkpoints the "+ RL" runs started from
+        runs = [r for r in results if r["method"] == label + " + RL"]
+        lines.append(f"| {label} (checkpoint by validation) | " + " | ".join(
+            mean_std([r["sft"][k] for r in runs]) for k in ("student", "student_shortcut", "student_normal")) + " | |")
+    for method in METHODS:
+        lines.append(f"| {method} | " + " | ".join(
+            final(method, k) for k in ("student", "student_shortcut", "student_normal", "teacher")) + " |")
+    lines += ["", "## PI kinds: initial teacher–student KL and PI utility Δ against final student success (PAPER.md §7)",
+              "", "| PI kind | base teacher | Δ | KL(T‖S) per token | per episode | "
+              + " | ".join(PI_METHODS) + " |", "|---|---|---|---|---|" + "---|" * len(PI_METHODS)]
+    for kind in toy_env.PI_KINDS:
+        s = base[kind]
+        lines.append(f"| {kind} | {s['teacher']:.3f} | {s['delta']:+.3f} | {s['kl_token']:.3f} | "
+                     f"{s['kl_episode']:.2f} | " + " | ".join(final(m, "student", kind) for m in PI_METHODS) + " |")
+    lines += ["", "## β, the teacher's KL penalty (π-Distill α = 0.5, PI = calls)", "",
+              "| β | student | teacher | KL(T‖S) per token at the end |", "|---|---|---|---|"]
+    for beta in BETAS:
+        tag = None if beta == pi_distill.PiDistillConfig.beta else beta
+        lines.append(f"| {beta} | " + " | ".join(final("π-Distill α=0.5", k, beta=tag)
+                                                 for k in ("student", "teacher", "kl_token")) + " |")
+    lines += ["", "![curves](curves.png)", "", "![initial KL against final success](kl_vs_success.png)", ""]
+    with open(os.path.join(cc["out_dir"], "results.md"), "w") as f:
+        f.write("\n".join(lines))
+    return "\n".join(lines)
+
+
+def plot(cc, base, results):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method in METHODS:
+        curves = [r["curve"] for r in results if r["method"] == method and r["pi_kind"] == "calls" and "beta" not in r]
+        if curves:
+            x = [e for e, _ in curves[0]]
+            y = np.array([[s for _, s in c] for c in curves])
+            ax.plot(x, y.mean(0), marker="o", label=method)
+            ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
+    ax.set(xlabel="episodes sampled", ylabel="held-out student success (no PI)", ylim=(0, None),
+           title=f"toy world, {cc['seeds']} seed(s): mean, band = min..max over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(cc["out_dir"], "curves.png"), dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method, marker in zip(PI_METHODS, "os^D"):
+        points = [(base[r["pi_kind"]]["kl_token"], r["final"]["student"]) for r in results
+                  if r["method"] == method and "beta" not in r]
+        ax.scatter(*zip(*points), marker=marker, label=method)
+    for kind in toy_env.PI_KINDS:
+        ax.annotate(kind, (base[kind]["kl_token"], 0), textcoords="offset points", xytext=(0, 4), ha="center")
+    ax.set(xlabel="initial KL(teacher || student) per token", ylabel="final held-out student success",
+           title="initial KL against transfer, one point per run")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(cc["out_dir"], "kl_vs_success.png"), dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    cfg = agent.parse_args(CompareConfig, argv)
+    if cfg.quick:
+        cfg.seeds, cfg.steps, cfg.sft_steps = min(cfg.seeds, 1), min(cfg.steps, 100), min(cfg.sft_steps, 150)
+        print(f"--quick: {cfg.seeds} seed, {cfg.steps} rounds per method, {cfg.sft_steps} SFT steps "
+              "(the full run: 3 seeds, 400 rounds, 300 SFT steps)")
+    cc = dataclasses.asdict(cfg)
+    t0 = time.time()
+    jobs = []
+    for seed in range(cfg.seeds):
+        jobs += [job(cc, m, seed, a, o, s) for m, (a, o, s) in METHODS.items()]
+        for kind in toy_env.PI_KINDS[1:]:
+            jobs += [job(cc, m, seed, METHODS[m][0], METHODS[m][1] | dict(pi_kind=kind), "") for m in PI_METHODS]
+        for beta in BETAS:
+            if beta != pi_distill.PiDistillConfig.beta:
+                jobs.append(job(cc, "π-Distill α=0.5", seed, "pi_distill", dict(beta=beta), "") | dict(beta=beta))
+    base_path = os.path.join(cfg.out_dir, "base.json")
+    if os.path.exists(base_path):
+        base = json.load(open(base_path))
+    else:
+        model, tok = agent.load_base(cfg, agent.pick_device(cfg.device))
+        base = agent.base_statistics(model, tok, cfg)
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        json.dump(base, open(base_path, "w"))
+    agent.print_base_statistics(base, cfg.eval_tasks)
+    results, todo = [], []
+    for j in jobs:
+        r = cached(j)
+        (results if r else todo).append((j, r))
+    print(f"{len(jobs)} runs: {len(results)} cached, {len(todo)} to do, {cfg.workers} at a time; logs in "
+          f"{cfg.out_dir}/runs/*/log.txt")
+    results = [r | ({"beta": j["beta"]} if "beta" in j else {}) for j, r in results]
+    todo.sort(key=lambda jr: jr[0]["sft"] is None)  # SFT runs are the longest: start them first
+    threads = max(1, torch.get_num_threads() // cfg.workers)
+    def report(j, r):
+        results.append(r | ({"beta": j["beta"]} if "beta" in j else {}))
+        print(f"[{len(results)}/{len(jobs)}] {j['method']:18s} PI={r['pi_kind']:5s} seed {j['seed']}"
+              + (f" β={j['beta']}" if "beta" in j else "")
+              + f" | student {r['final']['student']:.3f} teacher {r['final']['teacher']:.3f} | {r['seconds']:.0f}s",
+              flush=True)
+    if cfg.workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [(j, pool.submit(execute, j, threads)) for j, _ in todo]
+            for j, f in futures:
+                report(j, f.result())
+    else:
+        for j, _ in todo:
+            report(j, execute(j, threads))
+    hardware = (f"{platform.machine()} CPU, {os.cpu_count()} cores" if agent.pick_device(cfg.device).type == "cpu"
+                else torch.cuda.get_device_name())
+    plot(cc, base, results)
+    print(write_report(cc, " ".join(["python compare.py", *(sys.argv[1:] if argv is None else argv)]), base, results,
+                       hardware))
+    print(f"wrote {cfg.out_dir}/results.md, curves.png, kl_vs_success.png in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
