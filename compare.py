@@ -226,7 +226,7 @@ def plot(cc, base, results):
     for kind in toy_env.PI_KINDS:
         ax.annotate(kind, (base[kind]["kl_token"], 0), textcoords="offset points", xytext=(0, 4), ha="center")
     ax.set(xlabel="initial KL(teacher || student) per token", ylabel="final held-out student success",
-           title="initial KL against transfer, one point per run")
+           ylim=(0, None), title="initial KL against transfer, one point per run")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(cc["out_dir"], "kl_vs_success.png"), dpi=100)

@@ -467,10 +467,9 @@ def test_missing_or_mismatched_checkpoint_is_a_clear_error(tiny, tmp_path):
 def test_opsd_steps_move_the_student_toward_a_frozen_teacher(tmp_path):
     """On the shipped base, with β large enough that the KL term leads: KL(π_S ‖ π_T) on fixed student
     episodes must fall within a few OPSD steps."""
-    import copy
     cfg = opsd.OPSDConfig(out_dir=str(tmp_path), lr=1e-3, beta=5.0, teacher="frozen", tasks_per_step=4)
     run = agent.Run(cfg, "opsd")
-    run.extra["teacher"] = copy.deepcopy(run.model).requires_grad_(False)
+    opsd.attach_teacher(run)
     episodes = agent.rollout(run.model, run.tok, cfg, [("train", s) for s in range(64)], False, torch.Generator().manual_seed(0))
     _, mask, _ = agent.batch_continuations(episodes, "cpu")
     def kl():
