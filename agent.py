@@ -84,12 +84,14 @@ def parse_args(cfg_class=Config, argv=None):
     types = {f.name: type(f.default) for f in dataclasses.fields(cfg)}
     for arg in sys.argv[1:] if argv is None else argv:
         key, eq, value = arg.removeprefix("--").partition("=")
-        if not eq and types.get(key) is bool:
-            value, eq = "true", "="
-        if not arg.startswith("--") or not eq:
+        if not arg.startswith("--"):
             raise SystemExit(f"arguments are --key=value, got {arg!r}")
         if key not in types:
             raise SystemExit(f"unknown config key {key!r}; valid keys: {', '.join(types)}")
+        if not eq and types[key] is bool:
+            value, eq = "true", "="
+        if not eq:
+            raise SystemExit(f"arguments are --key=value, got {arg!r}")
         try:
             if types[key] is bool:
                 if value.lower() not in ("true", "false", "1", "0"):

@@ -150,8 +150,10 @@ def tiny(tmp_path_factory):
 def test_config_overrides_and_clear_errors():
     cfg = agent.parse_args(agent.Config, ["--lr=0.01", "--resume=true", "--pi_kind=names", "--steps=3"])
     assert (cfg.lr, cfg.resume, cfg.pi_kind, cfg.steps) == (0.01, True, "names", 3)
+    assert agent.parse_args(agent.Config, ["--resume"]).resume  # a bare flag sets a boolean
     for argv, needle in [(["--lr_rate=1"], "lr_rate"), (["--steps=ten"], "--steps"), (["lr=1"], "--key=value"),
-                         (["--resume=maybe"], "--resume"), (["--pi_kind=all"], "pi_kind")]:
+                         (["--resume=maybe"], "--resume"), (["--pi_kind=all"], "pi_kind"), (["--lr"], "--key=value"),
+                         (["--quik"], "unknown config key 'quik'")]:
         with pytest.raises(SystemExit) as err:
             agent.parse_args(agent.Config, argv)
         assert needle in str(err.value)
