@@ -32,7 +32,7 @@ import opsd
 import pi_distill
 import toy_env
 
-ALGORITHMS = {"pi_distill": pi_distill, "opsd": opsd}
+ALGORITHMS = {"pi_distill": (pi_distill, pi_distill.PiDistillConfig), "opsd": (opsd, opsd.OPSDConfig)}
 COT_TOKENS = 24  # a reasoning line and its action fit in one turn (the longest is 15 tokens; actions alone need 8)
 
 # the table's methods: label -> (algorithm, config overrides, SFT stage before the RL: "", "actions" or "cot")
@@ -103,8 +103,7 @@ def sft(run, cot, cc):
 
 def job(cc, method, seed, algorithm, overrides, sft_kind):
     """A run is described by plain data; its hash names its folder, so a finished run is found again."""
-    config_class = pi_distill.PiDistillConfig if algorithm == "pi_distill" else opsd.OPSDConfig
-    fields = {f.name for f in dataclasses.fields(config_class)}
+    fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm][1])}
     config = {k: v for k, v in cc.items() if k in fields} | overrides | dict(seed=seed, base_stats=False)
     config.pop("out_dir")
     spec = dict(algorithm=algorithm, config=config,
@@ -117,8 +116,7 @@ def job(cc, method, seed, algorithm, overrides, sft_kind):
 def execute(job, threads):
     """Train one method with one seed in this process (its printed lines go to log.txt); returns its result."""
     torch.set_num_threads(threads)
-    module = ALGORITHMS[job["algorithm"]]
-    config_class = pi_distill.PiDistillConfig if job["algorithm"] == "pi_distill" else opsd.OPSDConfig
+    module, config_class = ALGORITHMS[job["algorithm"]]
     cfg = config_class(**job["config"], out_dir=job["dir"])
     os.makedirs(job["dir"], exist_ok=True)
     t0 = time.time()
@@ -261,28 +259,27 @@ def main(argv=None):
         os.makedirs(cfg.out_dir, exist_ok=True)
         json.dump(base, open(base_path, "w"))
     agent.print_base_statistics(base, cfg.eval_tasks)
-    results, todo = [], []
-    for j in jobs:
-        r = cached(j)
-        (results if r else todo).append((j, r))
-    print(f"{len(jobs)} runs: {len(results)} cached, {len(todo)} to do, {cfg.workers} at a time; logs in "
+    results, todo = [], [j for j in jobs if not cached(j)]
+    print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to do, {cfg.workers} at a time; logs in "
           f"{cfg.out_dir}/runs/*/log.txt")
-    results = [r | ({"beta": j["beta"]} if "beta" in j else {}) for j, r in results]
-    todo.sort(key=lambda jr: jr[0]["sft"] is None)  # SFT runs are the longest: start them first
-    threads = max(1, torch.get_num_threads() // cfg.workers)
-    def report(j, r):
+    def report(j, r, note=""):
         results.append(r | ({"beta": j["beta"]} if "beta" in j else {}))
         print(f"[{len(results)}/{len(jobs)}] {j['method']:18s} PI={r['pi_kind']:5s} seed {j['seed']}"
               + (f" β={j['beta']}" if "beta" in j else "")
-              + f" | student {r['final']['student']:.3f} teacher {r['final']['teacher']:.3f} | {r['seconds']:.0f}s",
-              flush=True)
+              + f" | student {r['final']['student']:.3f} teacher {r['final']['teacher']:.3f} | {r['seconds']:.0f}s"
+              + note, flush=True)
+    for j in jobs:
+        if j not in todo:
+            report(j, cached(j), " (cached)")
+    todo.sort(key=lambda j: j["sft"] is None)  # SFT runs are the longest: start them first
+    threads = max(1, torch.get_num_threads() // cfg.workers)
     if cfg.workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [(j, pool.submit(execute, j, threads)) for j, _ in todo]
+            futures = [(j, pool.submit(execute, j, threads)) for j in todo]
             for j, f in futures:
                 report(j, f.result())
     else:
-        for j, _ in todo:
+        for j in todo:
             report(j, execute(j, threads))
     hardware = (f"{platform.machine()} CPU, {os.cpu_count()} cores" if agent.pick_device(cfg.device).type == "cpu"
                 else torch.cuda.get_device_name())
