@@ -259,7 +259,8 @@ def main(argv=None):
         os.makedirs(cfg.out_dir, exist_ok=True)
         json.dump(base, open(base_path, "w"))
     agent.print_base_statistics(base, cfg.eval_tasks)
-    results, todo = [], [j for j in jobs if not cached(j)]
+    finished = [cached(j) for j in jobs]
+    results, todo = [], [j for j, r in zip(jobs, finished) if r is None]
     print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to do, {cfg.workers} at a time; logs in "
           f"{cfg.out_dir}/runs/*/log.txt")
     def report(j, r, note=""):
@@ -268,9 +269,9 @@ def main(argv=None):
               + (f" β={j['beta']}" if "beta" in j else "")
               + f" | student {r['final']['student']:.3f} teacher {r['final']['teacher']:.3f} | {r['seconds']:.0f}s"
               + note, flush=True)
-    for j in jobs:
-        if j not in todo:
-            report(j, cached(j), " (cached)")
+    for j, r in zip(jobs, finished):
+        if r is not None:
+            report(j, r, " (cached)")
     todo.sort(key=lambda j: j["sft"] is None)  # SFT runs are the longest: start them first
     threads = max(1, torch.get_num_threads() // cfg.workers)
     if cfg.workers > 1 and len(todo) > 1:
