@@ -56,7 +56,7 @@ class Config:
     warmup_steps: int = 1500
     warmup_batch: int = 32
     warmup_lr: float = 3e-3
-    warmup_skill: float = 0.0          # behaviour policy's probability of the right decision
+    warmup_skill: float = 0.15         # behaviour policy's probability of the right decision (see README)
     warmup_pi_frac: float = 0.75       # fraction of warm-up episodes shown with a PI block
     warmup_eval_every: int = 100
     cache_dir: str = "cache"
@@ -65,7 +65,7 @@ class Config:
     lr: float = 3e-4
     tasks_per_step: int = 8
     group_size: int = 8
-    temperature: float = 1.0           # sampling temperature; the policy is softmax(logits / temperature)
+    temperature: float = 0.75          # sampling temperature (the paper's); the policy is softmax(logits / temperature)
     clip_eps: float = 0.2
     pi_kind: str = "calls"             # calls | names | hint
     eval_every: int = 50
@@ -397,7 +397,7 @@ def batch_continuations(episodes, device):
     return pad("tokens", 0), pad("mask", 0).float(), pad("logp", 0.0).float()
 
 
-def score(model, tok, episodes, view, temperature=1.0):
+def score(model, tok, episodes, view, temperature):
     """Policy logits [B, L, V] and log-probs [B, L] of every continuation token under the teacher prompt
     (view="teacher", PI block in) or the student prompt (view="student"). The prompts differ in length; the
     gather below reads each episode's logits from its own prompt length on, so position j is the same
@@ -488,11 +488,12 @@ def evaluate(model, tok, cfg, view="student", pi_kind=None, n=None, split="test"
 
 
 @torch.no_grad()
-def mean_kl(model, tok, episodes):
+def mean_kl(model, tok, episodes, temperature):
     """KL(teacher || student) of the given episodes, exact over the vocabulary: (per episode, per token)."""
     device = next(model.parameters()).device
     _, mask, _ = batch_continuations(episodes, device)
-    kl = kl_full_vocab(score(model, tok, episodes, "teacher")[0], score(model, tok, episodes, "student")[0], mask)
+    kl = kl_full_vocab(score(model, tok, episodes, "teacher", temperature)[0],
+                       score(model, tok, episodes, "student", temperature)[0], mask)
     return kl.mean().item(), (kl.sum() / mask.sum()).item()
 
 
@@ -504,7 +505,7 @@ def base_statistics(model, tok, cfg, n=None):
     stats = dict(student=student["success"], student_shortcut=student["shortcut"], student_normal=student["normal"])
     for kind in toy_env.PI_KINDS:
         teacher = evaluate(model, tok, cfg, "teacher", kind, n=n)
-        kl_episode, kl_token = mean_kl(model, tok, teacher["episodes"][:200])
+        kl_episode, kl_token = mean_kl(model, tok, teacher["episodes"][:200], cfg.temperature)
         stats[kind] = dict(teacher=teacher["success"], delta=teacher["success"] - student["success"],
                            kl_episode=kl_episode, kl_token=kl_token)
     return stats
@@ -562,6 +563,7 @@ def warm_up(model, tok, cfg, device):
     weights with the best teacher success (tool-calls PI, frontier's actions) on validation train tasks."""
     rng = random.Random(0)
     torch.manual_seed(0)
+    select = dataclasses.replace(cfg, temperature=1.0)  # fixed, so the cached base does not depend on --temperature
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
     best, t0 = (-1.0, None), time.time()
     for step in range(1, cfg.warmup_steps + 1):
@@ -571,8 +573,8 @@ def warm_up(model, tok, cfg, device):
         loss = supervised_step(model, optimizer, [warmup_example(tok, cfg, rng) for _ in range(cfg.warmup_batch)],
                                tok.pad, device)
         if step % cfg.warmup_eval_every == 0 or step == cfg.warmup_steps:
-            teacher = evaluate(model, tok, cfg, "teacher", "calls", n=200, split="val")["success"]
-            student = evaluate(model, tok, cfg, "student", n=200, split="val")["success"]
+            teacher = evaluate(model, tok, select, "teacher", "calls", n=200, split="val")["success"]
+            student = evaluate(model, tok, select, "student", n=200, split="val")["success"]
             print(f"warm-up {step:5d} | loss {loss:.3f} | val teacher(calls) {teacher:.3f} student {student:.3f} "
                   f"| {time.time() - t0:.0f}s", flush=True)
             if teacher > best[0]:
@@ -726,7 +728,7 @@ class Run:
         return dict(student=s["success"], student_shortcut=s["shortcut"], student_normal=s["normal"],
                     student_lookup_first=s["lookup_first"],
                     teacher=t["success"], teacher_shortcut=t["shortcut"], teacher_lookup_first=t["lookup_first"],
-                    kl_token=mean_kl(self.model, self.tok, t["episodes"][:200])[1]), s, t
+                    kl_token=mean_kl(self.model, self.tok, t["episodes"][:200], self.cfg.temperature)[1]), s, t
 
     def print_eval(self, e):
         print(f"eval step {self.step:4d} | student {e['student']:.3f} (shortcut tasks {e['student_shortcut']:.3f}) "
@@ -818,10 +820,10 @@ def benchmark(cfg):
     for label in ("update (two views, fwd+bwd)", "plain fwd+bwd (teacher view)"):
         t = time.time()
         for _ in range(3):
-            lt = score(model, tok, episodes, "teacher")[1]
+            lt = score(model, tok, episodes, "teacher", cfg.temperature)[1]
             loss = (lt * mask).sum()
             if label.startswith("update"):
-                loss = loss + (score(model, tok, episodes, "student")[1] * mask).sum()
+                loss = loss + (score(model, tok, episodes, "student", cfg.temperature)[1] * mask).sum()
             loss.backward()
         print(f"{label}: {(time.time() - t) / 3:.3f}s per step on 64 episodes")
 

@@ -251,13 +251,15 @@ def main(argv=None):
             if beta != pi_distill.PiDistillConfig.beta:
                 jobs.append(job(cc, "π-Distill α=0.5", seed, "pi_distill", dict(beta=beta), "") | dict(beta=beta))
     base_path = os.path.join(cfg.out_dir, "base.json")
-    if os.path.exists(base_path):
-        base = json.load(open(base_path))
+    base_key = dict(model=cfg.model or agent.base_cache_path(cfg), temperature=cfg.temperature, tasks=cfg.eval_tasks)
+    saved = json.load(open(base_path)) if os.path.exists(base_path) else {}
+    if saved.get("key") == base_key:  # measured before on this very base model
+        base = saved["stats"]
     else:
         model, tok = agent.load_base(cfg, agent.pick_device(cfg.device))
         base = agent.base_statistics(model, tok, cfg)
         os.makedirs(cfg.out_dir, exist_ok=True)
-        json.dump(base, open(base_path, "w"))
+        json.dump(dict(key=base_key, stats=base), open(base_path, "w"))
     agent.print_base_statistics(base, cfg.eval_tasks)
     finished = [cached(j) for j in jobs]
     results, todo = [], [j for j, r in zip(jobs, finished) if r is None]
