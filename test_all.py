@@ -806,3 +806,19 @@ def test_micro_batches_and_checkpointing_give_the_full_batch_gradient(tiny, tmp_
     assert max(g.abs().max() for g in full) > 0
     assert stats_full.keys() == stats_chunks.keys()
     assert all(stats_full[k] == pytest.approx(stats_chunks[k], rel=1e-4, nan_ok=True) for k in stats_full)
+
+
+def test_groups_without_reward_signal_are_dropped(tiny, tmp_path):
+    """A round whose groups all have identical rewards (all advantages zero) has nothing to learn from: no loss,
+    no gradient step -- also with the student's forward KL on (it is applied to the kept groups)."""
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, tasks_per_step=2, group_size=2, forward_kl=0.25)
+    run = agent.Run(cfg, "no signal")
+    episodes = agent.rollout(run.model, run.tok, cfg, [("train", s) for s in (0, 0, 1, 1)], True,
+                             torch.Generator().manual_seed(0))
+    no_signal = [(torch.zeros(4), torch.zeros(4), agent.groups_with_signal(torch.zeros(4), 2))]
+    assert list(pi_distill.micro_batch_losses(run, [episodes], 0.5, no_signal)) == []
+    one_group = [(torch.zeros(4), torch.tensor([0.5, -0.5, 0.0, 0.0]),
+                  agent.groups_with_signal(torch.tensor([0.5, -0.5, 0.0, 0.0]), 2))]
+    (_, n, _), = pi_distill.micro_batch_losses(run, [episodes], 0.5, one_group)
+    _, mask, _ = agent.batch_continuations(episodes, "cpu")
+    assert n == mask[:2].sum().item()  # only the first group's model tokens count
