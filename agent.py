@@ -498,6 +498,33 @@ def mean_kl(model, tok, episodes, temperature):
 
 
 @torch.no_grad()
+def order_id_probe(model, tok, cfg, n_tasks=600):
+    """The toy world's hard step, without sampling noise: fed the frontier agent's own first two steps of the
+    held-out cancel/return tasks (student view, no shortcut), how much next-token mass does the model put on the
+    order ids of the listing, and on the target order, where the frontier writes its id? Listed mass measures
+    copying an id out of an observation; target / listed, whether it matches the request's item (a uniform pick
+    among 2-3 listed orders gives ~0.4). Returns (listed, target), each averaged over the tasks."""
+    env = toy_env.ToyShopEnv("test", cfg.max_turns, shortcut_frac=0.0)
+    seqs, listed_ids, target_ids = [], [], []
+    for seed in range(n_tasks):
+        request, _ = env.reset(seed)
+        if env.task["kind"] == "status":
+            continue
+        first, second, write = [action for _, action in toy_env.frontier_demo(env.task)][:3]
+        tokens, _ = episode_tokens(tok, [(first, env.step(first)[0]), (second, env.step(second)[0]), (write, None)])
+        seqs.append(tok.prompt(toy_env.system_prompt(), request) + tokens)  # ends: ' cancel', ' #12', end of turn
+        listed_ids.append([tok.encode(" " + oid)[0] for oid in env.task["orders"]])
+        target_ids.append(tok.encode(" " + env.task["target"])[0])
+    device = next(model.parameters()).device
+    ids, attn = pad_left(seqs, tok.pad)
+    logits = forward(model, ids.to(device), attn.to(device)).logits[:, -3].float()  # predicts the id token
+    probs = torch.softmax(logits / cfg.temperature, -1).cpu()
+    listed = torch.stack([p[i].sum() for p, i in zip(probs, listed_ids)])
+    target = probs[torch.arange(len(seqs)), torch.tensor(target_ids)]
+    return listed.mean().item(), target.mean().item()
+
+
+@torch.no_grad()
 def base_statistics(model, tok, cfg, n=None):
     """The paper's premise, measured: student success, teacher success per PI kind, PI utility Δ,
     and the initial teacher-student KL on the teacher's own episodes."""
@@ -728,7 +755,14 @@ class Run:
         return dict(student=s["success"], student_shortcut=s["shortcut"], student_normal=s["normal"],
                     student_lookup_first=s["lookup_first"],
                     teacher=t["success"], teacher_shortcut=t["shortcut"], teacher_lookup_first=t["lookup_first"],
-                    kl_token=mean_kl(self.model, self.tok, t["episodes"][:200], self.cfg.temperature)[1]), s, t
+                    kl_token=mean_kl(self.model, self.tok, t["episodes"][:200], self.cfg.temperature)[1],
+                    **self.probe()), s, t
+
+    def probe(self):
+        if self.cfg.env != "toy" or self.cfg.model:  # the probe reads the toy world's single-token ids
+            return {}
+        listed, target = order_id_probe(self.model, self.tok, self.cfg)
+        return dict(student_order_listed=listed, student_order_target=target)
 
     def print_eval(self, e):
         print(f"eval step {self.step:4d} | student {e['student']:.3f} (shortcut tasks {e['student_shortcut']:.3f}) "
@@ -771,6 +805,10 @@ class Run:
               f"(frontier agent 1.000), teacher {evals[0]['teacher']:.3f} -> {evals[-1]['teacher']:.3f}, "
               f"KL(T||S) {evals[0]['kl_token']:.3f} -> {evals[-1]['kl_token']:.3f}/token, "
               f"{time.time() - t0:.0f}s of training")
+        if "student_order_listed" in evals[0]:
+            print(f"order-id probe (student): mass on the listed ids {evals[0]['student_order_listed']:.3f} -> "
+                  f"{evals[-1]['student_order_listed']:.3f}, on the target {evals[0]['student_order_target']:.3f} -> "
+                  f"{evals[-1]['student_order_target']:.3f}")
         plot_curves(records, os.path.join(cfg.out_dir, "curves.png"), self.name)
         return evals[-1]
 

@@ -503,6 +503,27 @@ def test_opsd_steps_move_the_student_toward_a_frozen_teacher(tmp_path):
     assert kl() < 0.7 * before
 
 
+class ShiftedTokenModel(torch.nn.Module):
+    """A stand-in LM whose logits at position t point at the input token at t + shift (shift = 1: it knows
+    the next token; shift = 0: it repeats the current one)."""
+
+    def __init__(self, vocab_size, shift):
+        super().__init__()
+        self.vocab_size, self.shift, self.unused = vocab_size, shift, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, **kw):
+        target = torch.roll(input_ids, -self.shift, dims=1)
+        return type("Output", (), dict(logits=30.0 * torch.nn.functional.one_hot(target, self.vocab_size).float()))
+
+
+def test_order_id_probe_reads_the_position_of_the_frontiers_id(tiny):
+    """A model that knows the next token puts all its mass on the target (so on the listed ids); one that
+    repeats the current token (the tool name) puts none there: the probe reads exactly the id's position."""
+    cfg, _, tok = tiny
+    assert agent.order_id_probe(ShiftedTokenModel(tok.vocab_size, 1), tok, cfg, 40) == pytest.approx((1.0, 1.0))
+    assert agent.order_id_probe(ShiftedTokenModel(tok.vocab_size, 0), tok, cfg, 40) == pytest.approx((0.0, 0.0), abs=1e-6)
+
+
 E2E_STEPS, E2E_MARGIN = 40, 0.05  # measured: 8.0% -> 22.3% on 300 validation tasks (one thread)
 
 
