@@ -56,7 +56,7 @@ class Config:
     warmup_steps: int = 1500
     warmup_batch: int = 32
     warmup_lr: float = 3e-3
-    warmup_skill: float = 0.15         # behaviour policy's probability of the right decision (see README)
+    warmup_skill: float = 0.1          # behaviour policy's probability of the right decision (see README)
     warmup_pi_frac: float = 0.75       # fraction of warm-up episodes shown with a PI block
     warmup_eval_every: int = 100
     cache_dir: str = "cache"
@@ -484,7 +484,7 @@ def evaluate(model, tok, cfg, view="student", pi_kind=None, n=None, split="test"
         return sum(hits) / len(hits) if hits else math.nan
     return dict(success=rate([e.reward for e in episodes]), shortcut=rate([e.reward for e in short]),
                 normal=rate([e.reward for e in normal]),
-                lookup_first=rate([e.turns[0][0].startswith("find_user") for e in short]), episodes=episodes)
+                lookup_first=rate([e.turns[0][0].split()[:1] == ["find_user"] for e in short]), episodes=episodes)
 
 
 @torch.no_grad()
@@ -499,18 +499,20 @@ def mean_kl(model, tok, episodes, temperature):
 
 @torch.no_grad()
 def order_id_probe(model, tok, cfg, n_tasks=600):
-    """The toy world's hard step, without sampling noise: fed the frontier agent's own first two steps of the
-    held-out cancel/return tasks (student view, no shortcut), how much next-token mass does the model put on the
-    order ids of the listing, and on the target order, where the frontier writes its id? Listed mass measures
-    copying an id out of an observation; target / listed, whether it matches the request's item (a uniform pick
-    among 2-3 listed orders gives ~0.4). Returns (listed, target), each averaged over the tasks."""
+    """Can the model match the request's item to its order without get_orders' item filter? Fed the frontier
+    agent's first steps of the held-out cancel/return tasks (student view, no shortcut) but with the whole listing
+    (`get_orders U37`, no item), how much next-token mass does it put on the listed order ids, and on the target,
+    where the frontier writes its id? Listed mass measures copying an id out of an observation; target / listed,
+    matching the request's item (a uniform pick among 2-3 listed orders gives ~0.4). Returns (listed, target),
+    each averaged over the tasks."""
     env = toy_env.ToyShopEnv("test", cfg.max_turns, shortcut_frac=0.0)
     seqs, listed_ids, target_ids = [], [], []
     for seed in range(n_tasks):
         request, _ = env.reset(seed)
         if env.task["kind"] == "status":
             continue
-        first, second, write = [action for _, action in toy_env.frontier_demo(env.task)][:3]
+        first, _, write = [action for _, action in toy_env.frontier_demo(env.task)][:3]
+        second = f"get_orders {env.task['uid']}"
         tokens, _ = episode_tokens(tok, [(first, env.step(first)[0]), (second, env.step(second)[0]), (write, None)])
         seqs.append(tok.prompt(toy_env.system_prompt(), request) + tokens)  # ends: ' cancel', ' #12', end of turn
         listed_ids.append([tok.encode(" " + oid)[0] for oid in env.task["orders"]])
@@ -822,10 +824,10 @@ def plot_curves(records, path, title):
     for key, label in [("student", "student (no PI)"), ("teacher", "teacher (PI)"),
                        ("student_shortcut", "student, shortcut tasks")]:
         ax1.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
-    ax1.set(xlabel="gradient step", ylabel="held-out success", ylim=(0, 1), title=title)
+    ax1.set(xlabel="round", ylabel="held-out success", ylim=(0, 1), title=title)
     ax1.legend()
     ax2.plot([r["step"] for r in evals], [r["kl_token"] for r in evals], marker="o")
-    ax2.set(xlabel="gradient step", ylabel="KL(teacher || student) per token", title="teacher-student KL")
+    ax2.set(xlabel="round", ylabel="KL(teacher || student) per token", title="teacher-student KL")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

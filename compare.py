@@ -33,7 +33,7 @@ import pi_distill
 import toy_env
 
 ALGORITHMS = {"pi_distill": (pi_distill, pi_distill.PiDistillConfig), "opsd": (opsd, opsd.OPSDConfig)}
-COT_TOKENS = 24  # a reasoning line and its action fit in one turn (the longest is 15 tokens; actions alone need 8)
+COT_TOKENS = 24  # a reasoning line and its action fit in one turn (the longest is 16 tokens; actions alone need 8)
 
 # the table's methods: label -> (algorithm, config overrides, SFT stage before the RL: "", "actions" or "cot")
 METHODS = {
@@ -41,12 +41,12 @@ METHODS = {
     "SFT w/o CoT + RL": ("opsd", dict(beta=0.0), "actions"),
     "SFT w/ CoT + RL": ("opsd", dict(beta=0.0, max_action_tokens=COT_TOKENS), "cot"),
     "OPSD": ("opsd", {}, ""),
-    "π-Distill α=0": ("pi_distill", dict(alpha=0.0, alpha_anneal_steps=0), ""),
-    "π-Distill α=0.5": ("pi_distill", {}, ""),   # α annealed 0 → 0.5, as the paper does
+    "π-Distill α=0": ("pi_distill", {}, ""),     # the default
+    "π-Distill α=0.5": ("pi_distill", dict(alpha=0.5), ""),   # α annealed 0 → 0.5, as the paper does
     "π-Distill α=1": ("pi_distill", dict(alpha=1.0, alpha_anneal_steps=0), ""),
 }
 PI_METHODS = ["π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "OPSD"]  # the ones that use the PI
-BETAS = [0.0, 0.25, 0.5]  # the teacher's KL penalty, swept for π-Distill α = 0.5
+BETAS = [0.0, 0.25, 0.5]  # the KL penalty in the shaped reward, swept for the default π-Distill (α = 0)
 
 
 @dataclass
@@ -186,11 +186,11 @@ def write_report(cc, command, base, results, hardware):
         s = base[kind]
         lines.append(f"| {kind} | {s['teacher']:.3f} | {s['delta']:+.3f} | {s['kl_token']:.3f} | "
                      f"{s['kl_episode']:.2f} | " + " | ".join(final(m, "student", kind) for m in PI_METHODS) + " |")
-    lines += ["", "## β, the teacher's KL penalty (π-Distill α = 0.5, PI = calls)", "",
+    lines += ["", "## β, the KL penalty in the shaped reward (π-Distill α = 0, PI = calls)", "",
               "| β | student | teacher | KL(T‖S) per token at the end |", "|---|---|---|---|"]
     for beta in BETAS:
         tag = None if beta == pi_distill.PiDistillConfig.beta else beta
-        lines.append(f"| {beta} | " + " | ".join(final("π-Distill α=0.5", k, beta=tag)
+        lines.append(f"| {beta} | " + " | ".join(final("π-Distill α=0", k, beta=tag)
                                                  for k in ("student", "teacher", "kl_token")) + " |")
     lines += ["", "![curves](curves.png)", "", "![initial KL against final success](kl_vs_success.png)", ""]
     with open(os.path.join(cc["out_dir"], "results.md"), "w") as f:
@@ -249,7 +249,7 @@ def main(argv=None):
             jobs += [job(cc, m, seed, METHODS[m][0], METHODS[m][1] | dict(pi_kind=kind), "") for m in PI_METHODS]
         for beta in BETAS:
             if beta != pi_distill.PiDistillConfig.beta:
-                jobs.append(job(cc, "π-Distill α=0.5", seed, "pi_distill", dict(beta=beta), "") | dict(beta=beta))
+                jobs.append(job(cc, "π-Distill α=0", seed, "pi_distill", dict(beta=beta), "") | dict(beta=beta))
     base_path = os.path.join(cfg.out_dir, "base.json")
     base_key = dict(model=cfg.model or agent.base_cache_path(cfg), temperature=cfg.temperature, tasks=cfg.eval_tasks)
     saved = json.load(open(base_path)) if os.path.exists(base_path) else {}

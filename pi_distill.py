@@ -9,12 +9,17 @@ the student π_S(o | s) is the same weights without it. Episodes are sampled fro
     J_S  = E_{o~π_T}[(π_S / sg π_T) · R] − c · KL(sg π_T ‖ π_S)   the student learns from the teacher's episodes
 
 sg = stop-gradient. At test time only the student is used. The paper's equation has the student's forward KL
-(c = β); its algorithm leaves it out. It is on here (c = forward_kl = 0.25): once the teacher succeeds almost
-always, the reward no longer tells its episodes apart and the KL is what still teaches the student. With α = 0
-(an untrained, weaker teacher) it dragged both views down here: pass --forward_kl=0 there (README).
+(c = β); its algorithm leaves it out, and so do the defaults here (c = forward_kl = 0).
 
-    python pi_distill.py                          # the toy world, defaults below, ~7 minutes on a 2-core CPU
-    python pi_distill.py --alpha=0 --alpha_anneal_steps=0 --forward_kl=0 --pi_kind=names --out_dir=runs/names
+The defaults are the paper's α = 0 (its best setting on τ-bench retail): only the student term is trained, on the
+teacher's episodes, through the clipped ratio ρ_S = π_S / sg π_T, which weights each teacher token by how likely
+the student is to write it itself, so a token only the PI explains (the frontier's shortcut user id) teaches
+almost nothing. In this world a trained teacher (α = 0.5) pulled the views apart and the student learned more
+slowly, and the forward KL, which is not weighted by ρ_S, made the student imitate the teacher's unreproducible
+tokens until it wrote nonsense (README, "Results").
+
+    python pi_distill.py                          # the toy world, defaults below, ~10 minutes on a 2-core CPU
+    python pi_distill.py --alpha=0.5 --pi_kind=names --out_dir=runs/names
 """
 from dataclasses import dataclass
 
@@ -26,14 +31,15 @@ import agent
 @dataclass
 class PiDistillConfig(agent.Config):
     out_dir: str = "runs/pi_distill"
-    alpha: float = 0.5           # weight of the teacher term; 1 = teacher only, 0 = student only
+    steps: int = 100             # rounds; past ~150 the student view drifts and collapses here (README)
+    alpha: float = 0.0           # weight of the teacher term; 1 = teacher only, 0 = student only (see above)
     alpha_anneal_steps: int = 15  # α grows linearly from 0 over this many rounds (the paper, for α = 0.5)
     beta: float = 0.25           # KL penalty in the teacher's shaped reward R − β·KL_seq
     kl_sum: bool = False         # KL_seq summed over the episode's tokens instead of averaged (see README)
     ratio_cap: float = 3.0       # dual-clip: bound on ρ_S where the advantage is negative
-    forward_kl: float = 0.25     # coefficient of the student's KL(sg π_T ‖ π_S) (the paper: β); 0 with α = 0 (README)
+    forward_kl: float = 0.0      # coefficient of the student's KL(sg π_T ‖ π_S) (the paper's equation: β; README)
     leak_penalty: float = 0.1    # reward − leak_penalty per PI keyword the teacher writes (the paper: 0.1)
-    updates_per_round: int = 1   # gradient steps on each round of samples
+    updates_per_round: int = 2   # gradient steps on each round of samples (the paper: 2-3)
 
 
 LEAK_WORDS = ("secret",)  # the PI block's delimiter word: naming it leaks the PI

@@ -37,7 +37,7 @@ def test_tasks_are_deterministic_and_need_three_grounded_calls():
     for seed in range(200):
         task = toy_env.make_task(seed)
         demo = [a for _, a in toy_env.frontier_demo(dict(task, shortcut=False))]
-        assert len(demo) >= 3 and demo[0] == f"find_user {task['name']}" and demo[1] == f"get_orders {task['uid']}"
+        assert len(demo) >= 3 and demo[:2] == [f"find_user {task['name']}", f"get_orders {task['uid']} {task['item']}"]
     a = toy_env.noisy_episode(env, 5, random.Random(1))
     assert a == toy_env.noisy_episode(env, 5, random.Random(1))
 
@@ -100,6 +100,18 @@ def test_wrong_write_gives_zero_and_turn_limit_truncates():
         env.step("respond done")
 
 
+def test_get_orders_filters_by_item():
+    env = toy_env.ToyShopEnv()
+    env.reset(0)
+    t = env.task
+    everything, _, _, _, _ = env.step(f"get_orders {t['uid']}")
+    assert everything.count("#") == len(t["orders"])
+    status, item = t["orders"][t["target"]]
+    assert env.step(f"get_orders {t['uid']} {item}")[0] == f"orders {t['target']} {status} {item}"
+    assert env.step(f"get_orders {t['uid']} nothing")[0] == "error : no nothing order"
+    assert env.step(f"get_orders {t['uid']} {item} more")[0].startswith("error : get_orders takes")
+
+
 def test_status_answer_needs_the_lookup():
     env = toy_env.ToyShopEnv()
     seed = next(s for s in range(100) if toy_env.make_task(s)["kind"] == "status")
@@ -115,7 +127,7 @@ def test_shortcut_fraction_and_unreproducible_ids():
         first = toy_env.frontier_demo(t)[0][1]
         if t["shortcut"]:  # the id it uses appears in nothing the agent has seen
             request = toy_env.REQUESTS[t["kind"]].format(**t)
-            assert first == f"get_orders {t['uid']}" and t["uid"] not in request + toy_env.SYSTEM_PROMPT
+            assert first == f"get_orders {t['uid']} {t['item']}" and t["uid"] not in request + toy_env.SYSTEM_PROMPT
         else:
             assert first.startswith("find_user")
     assert all(not toy_env.make_task(s, shortcut_frac=0.0)["shortcut"] for s in range(200))
@@ -127,7 +139,7 @@ def test_behaviour_policy_is_grounded_and_rarely_succeeds():
         request, history = toy_env.noisy_episode(env, seed, rng)
         seen = request
         for action, obs in history:
-            assert action.split()[1] in seen.split() + ["done", *toy_env.STATUSES], (action, seen)
+            assert all(arg in seen.split() + ["done", *toy_env.STATUSES] for arg in action.split()[1:]), (action, seen)
             seen += " " + obs
     assert 0.03 <= toy_env.success_rate(toy_env.noisy_episode, n=2000) <= 0.10
     assert toy_env.success_rate(toy_env.random_valid_policy, n=2000) < 0.03
@@ -230,6 +242,18 @@ def test_same_seed_same_rollouts(tiny):
     cfg, model, tok = tiny
     run = lambda: agent.rollout(model, tok, cfg, [("test", s) for s in range(8)], False, torch.Generator().manual_seed(5))
     assert [e.tokens for e in run()] == [e.tokens for e in run()]
+
+
+def test_evaluate_counts_the_first_action_as_the_model_wrote_it(tiny, monkeypatch):
+    """Decoded turns keep the leading space of the action's first token (" find_user nina"): the statistic
+    "looks the user up first" must still see the tool."""
+    cfg, _, _ = tiny
+    def fake_rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
+        return [agent.Episode("test", i, "", "", "", True, [], [], [],
+                              [(" find_user nina" if i % 4 else " get_orders U37 lamp", "user U37")])
+                for i, _ in enumerate(tasks)]
+    monkeypatch.setattr(agent, "rollout", fake_rollout)
+    assert agent.evaluate(None, None, cfg, n=8)["lookup_first"] == 0.75
 
 
 def test_warmup_cache_is_used(tiny, monkeypatch, capsys):
@@ -524,7 +548,7 @@ def test_order_id_probe_reads_the_position_of_the_frontiers_id(tiny):
     assert agent.order_id_probe(ShiftedTokenModel(tok.vocab_size, 0), tok, cfg, 40) == pytest.approx((0.0, 0.0), abs=1e-6)
 
 
-E2E_STEPS, E2E_MARGIN = 40, 0.05  # measured: 8.0% -> 22.3% on 300 validation tasks (one thread)
+E2E_STEPS, E2E_MARGIN = 20, 0.05  # measured: 7.0% -> 24.0% on 300 validation tasks (two threads; 21.3% at 40)
 
 
 def test_pi_distill_steps_raise_student_success(tmp_path):
