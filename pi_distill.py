@@ -18,7 +18,7 @@ almost nothing. In this world a trained teacher (α = 0.5) pulled the views apar
 slowly, and the forward KL, which is not weighted by ρ_S, made the student imitate the teacher's unreproducible
 tokens until it wrote nonsense (README, "Results").
 
-    python pi_distill.py                          # the toy world, defaults below, ~10 minutes on a 2-core CPU
+    python pi_distill.py                          # the toy world, defaults below, ~4 minutes on a 2-core CPU
     python pi_distill.py --alpha=0.5 --pi_kind=names --out_dir=runs/names
 """
 from dataclasses import dataclass

@@ -15,7 +15,8 @@ Reward is 1 when the episode ends in the right state with no wrong write (the ri
 returned, or the right status told), else 0. Solving a task takes 3 correct calls whose arguments are
 copied from earlier observations (name -> user id, item -> order id), then `respond`. The item filter of
 `get_orders` does the matching of the request's item to its order that a database query would do: a
-4-layer, 1M-parameter model never learned to do it by attention over a full listing (README, "The world").
+4-layer, 1M-parameter model never learned to do it by attention over a full listing (README: "Why
+`get_orders` filters by item").
 
 The scripted *frontier agent* solves every task and writes a short reasoning per turn. In a fraction of
 tasks (`shortcut_frac`) it reads the hidden database and skips `find_user`: its action trace starts with
