@@ -5,8 +5,9 @@ compare.py -- the paper's table in miniature (PAPER.md §6-§9): every method on
     python compare.py             # 3 seeds, 400 rounds per method: a GPU, or a long CPU run
 
 The budget is the number of sampled episodes: every method runs `steps` rounds of tasks_per_step × group_size
-episodes with one gradient step per round (25,600 episodes at the defaults). The SFT baselines first train on
-sft_steps × sft_batch of the frontier agent's traces (demonstrations, not sampled episodes), then do the same RL.
+episodes (25,600 at the defaults), one gradient step per round (two for π-Distill, its default). The SFT
+baselines first train on sft_steps × sft_batch of the frontier agent's traces (demonstrations, not sampled
+episodes), then do the same RL.
 Every run is one process, cached in results/runs/<hash of its config>/: rerunning the command redoes only
 what did not finish. Writes results/results.md, results/curves.png and results/kl_vs_success.png.
 """
@@ -161,7 +162,8 @@ def write_report(cc, command, base, results, hardware):
         "",
         f"`{command}`: {cc['seeds']} seed(s), {cc['steps']} rounds × "
         f"{cc['tasks_per_step']} tasks × {cc['group_size']} episodes = {cc['steps'] * cc['tasks_per_step'] * cc['group_size']:,} "
-        f"sampled episodes per method (one gradient step per round); SFT first trains {cc['sft_steps']} steps × "
+        f"sampled episodes per method (one gradient step per round, two for π-Distill); "
+        f"SFT first trains {cc['sft_steps']} steps × "
         f"{cc['sft_batch']} frontier traces. Held-out student success (no PI) on {cc['eval_tasks']} test tasks, "
         f"sampled at temperature {cc['temperature']}, mean ± std over seeds. {hardware}, {cc['workers']} runs at a time; "
         f"the runs took {sum(r['seconds'] for r in results) / 60:.0f} min in all.",
