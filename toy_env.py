@@ -34,6 +34,7 @@ import re
 TOOLS = ("find_user", "get_orders", "cancel", "return", "respond")
 STATUSES = ("pending", "shipped", "delivered")
 MAX_ACTION_CHARS = 200
+WORD = r"[A-Za-z0-9#_]+"  # what a tool argument may be (respond takes any text)
 SYSTEM_PROMPT = "you serve shop customers . tools : find_user get_orders cancel return respond . one action per turn ."
 PI_OPEN, PI_CLOSE = "<secret>", "</secret>"
 PI_KINDS = ("calls", "names", "hint")  # decreasing information; "none" means no block at all
@@ -201,9 +202,9 @@ def parse_action(text):
     arg = arg.strip()
     if tool not in TOOLS:
         return "error : unknown tool"
-    if tool == "get_orders" and not re.fullmatch(r"[A-Za-z0-9#_]+( [A-Za-z0-9#_]+)?", arg):
+    if tool == "get_orders" and not re.fullmatch(rf"{WORD}( {WORD})?", arg):
         return "error : get_orders takes a user id and an optional item"
-    if tool not in ("respond", "get_orders") and not re.fullmatch(r"[A-Za-z0-9#_]+", arg):
+    if tool not in ("respond", "get_orders") and not re.fullmatch(WORD, arg):
         return f"error : {tool} takes one word"
     return tool, arg
 
