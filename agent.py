@@ -36,58 +36,128 @@ import toy_env
 # ----------------------------------------------------------------------------- config
 
 
+def knob(default, help, allowed=None):
+    """A config field: its default, a one-line description (--help prints it) and what values it may take:
+    an interval "[0, 1]" / "(0, 0.01]", a bound ">= 1" / "> 0", or a tuple of choices. Checked by Config.check."""
+    return dataclasses.field(default=default, metadata=dict(help=help, allowed=allowed))
+
+
+def allows(allowed, value):
+    if allowed is None:
+        return True
+    if isinstance(allowed, tuple):
+        return value in allowed
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if allowed.startswith((">=", ">")):
+        bound = float(allowed.lstrip(">= "))
+        return value >= bound if allowed.startswith(">=") else value > bound
+    low, high = (float(x) for x in allowed[1:-1].split(","))
+    return ((low <= value) if allowed[0] == "[" else (low < value)) and ((value <= high) if allowed[-1] == "]"
+                                                                          else (value < high))
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; parse_args turns it into one line and exit code 1."""
+
+
 @dataclass
 class Config:
-    seed: int = 0
-    out_dir: str = "runs/agent"
-    device: str = "auto"               # auto = cuda -> mps -> cpu
-    resume: bool = False               # continue the run saved in out_dir/ckpt.pt
-    # the model: empty = the tiny Qwen3-style model below, warmed up here; or a Hugging Face name or local path
-    model: str = ""
-    n_layer: int = 4
-    n_embd: int = 128
-    n_head: int = 8
-    # the environment: toy (toy_env.py) | gem:<GEM env id> (gem_env.py) | module:factory (yours; see the README)
-    env: str = "toy"
-    max_turns: int = 6
-    shortcut_frac: float = 0.3         # fraction of tasks where the frontier skips the user lookup
-    max_action_tokens: int = 8         # a turn longer than this is cut
+    seed: int = knob(0, "seeds the training tasks, the sampled tokens and torch", ">= 0")
+    out_dir: str = knob("runs/agent", "where metrics.jsonl, config.json, curves.png and ckpt.pt are written")
+    device: str = knob("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
+    resume: bool = knob(False, "continue the run saved in out_dir/ckpt.pt")
+    model: str = knob("", "empty: the tiny model below, warmed up here; or a Hugging Face name or local folder")
+    n_layer: int = knob(4, "tiny model: layers", ">= 1")
+    n_embd: int = knob(128, "tiny model: width (a multiple of n_head)", ">= 2")
+    n_head: int = knob(8, "tiny model: attention heads", ">= 1")
+    env: str = knob("toy", "toy (toy_env.py) | gem:<GEM env id> (gem_env.py) | module:factory (yours; README)")
+    max_turns: int = knob(6, "an episode is cut after this many model turns, in every environment", ">= 1")
+    shortcut_frac: float = knob(0.3, "toy world: fraction of tasks where the frontier skips the user lookup", "[0, 1]")
+    max_action_tokens: int = knob(8, "a model turn longer than this many tokens is cut", ">= 1")
     # the base warm-up (stand-in for pretraining), cached in cache_dir keyed by these fields
-    warmup_steps: int = 1500
-    warmup_batch: int = 32
-    warmup_lr: float = 3e-3
-    warmup_skill: float = 0.1          # behaviour policy's probability of the right decision (see README)
-    warmup_pi_frac: float = 0.75       # fraction of warm-up episodes shown with a PI block
-    warmup_eval_every: int = 100
-    cache_dir: str = "cache"
+    warmup_steps: int = knob(1500, "warm-up: supervised steps on the behaviour policy's episodes", ">= 1")
+    warmup_batch: int = knob(32, "warm-up: episodes per step", ">= 1")
+    warmup_lr: float = knob(3e-3, "warm-up: peak learning rate", "(0, 0.1]")
+    warmup_skill: float = knob(0.1, "warm-up: behaviour policy's probability of the right decision (README)", "[0, 1]")
+    warmup_pi_frac: float = knob(0.75, "warm-up: fraction of episodes shown with a PI block", "[0, 1]")
+    warmup_eval_every: int = knob(100, "warm-up: steps between validation evaluations", ">= 1")
+    warmup_seed: int = knob(0, "warm-up: seeds the model's initialisation and the behaviour episodes", ">= 0")
+    cache_dir: str = knob("", "where the warmed-up base is cached; empty: cache/ beside agent.py")
     # training
-    steps: int = 400                   # training rounds (one gradient step each by default)
-    lr: float = 3e-4
-    tasks_per_step: int = 8
-    group_size: int = 8
-    temperature: float = 0.75          # sampling temperature (the paper's); the policy is softmax(logits / temperature)
-    clip_eps: float = 0.2
-    pi_kind: str = "calls"             # calls | names | hint
-    eval_every: int = 50
-    eval_tasks: int = 400
+    steps: int = knob(400, "training rounds (each samples tasks_per_step x group_size episodes)", ">= 0")
+    lr: float = knob(3e-4, "AdamW learning rate", "(0, 0.01]")
+    tasks_per_step: int = knob(8, "tasks per round", ">= 1")
+    group_size: int = knob(8, "episodes per task (a group: advantages are relative to its mean)", ">= 2")
+    temperature: float = knob(0.75, "sampling temperature (the paper's); the policy is softmax(logits / T)", "(0, 10]")
+    clip_eps: float = knob(0.2, "PPO clip range ε of the importance ratios", "(0, 1)")
+    pi_kind: str = knob("calls", "the privileged information: calls | names | hint", toy_env.PI_KINDS)
+    eval_every: int = knob(50, "rounds between held-out evaluations (each also writes ckpt.pt)", ">= 1")
+    eval_tasks: int = knob(400, "held-out tasks per evaluation", ">= 1")
     # memory, for large models: the same gradient, computed in pieces
-    micro_batch: int = 0               # episodes per forward/backward (whole groups); 0 = the whole batch at once
-    grad_checkpoint: bool = False      # recompute each layer's activations in the backward pass instead of keeping them
-    base_stats: bool = True            # measure the paper's premise (success, Δ, KL per PI kind) before training
-    bench: bool = False
+    micro_batch: int = knob(0, "episodes per forward/backward (whole groups); 0 = the whole round at once", ">= 0")
+    grad_checkpoint: bool = knob(False, "recompute each layer's activations in the backward pass")
+    base_stats: bool = knob(True, "measure the paper's premise (success, Δ, KL per PI kind) before training")
+    bench: bool = knob(False, "agent.py only: time the rollout and the update instead of building the base")
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Raises ConfigError naming the first field whose value is not allowed."""
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), field_metadata(type(self), f.name)
+            kind = type(f.default)
+            if not isinstance(value, kind) and not (kind is float and type(value) is int):
+                raise ConfigError(f"{f.name}={value!r}: expects a {kind.__name__}")
+            if not allows(meta.get("allowed"), value):
+                allowed = meta["allowed"]
+                allowed = " | ".join(allowed) if isinstance(allowed, tuple) else allowed
+                raise ConfigError(f"{f.name}={value!r}: allowed {allowed} ({meta['help']})")
+        if not self.out_dir:
+            raise ConfigError("out_dir='': give a folder for the run's files")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device={self.device!r}: allowed auto | cpu | cuda | cuda:N | mps")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"n_embd={self.n_embd}, n_head={self.n_head}: the width must split into n_head heads of "
+                              "an even size (rotary embeddings rotate pairs)")
+        if self.env != "toy" and not self.env.startswith("gem:") and ":" not in self.env:
+            raise ConfigError(f"env={self.env!r}: allowed toy | gem:<GEM env id> | module:factory")
+
+
+def field_metadata(cls, name):
+    """A subclass may override a field's default without repeating its description and allowed values."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata:
+            return f.metadata
+    return {}
+
+
+def print_help(cfg_class):
+    print(f"usage: python {os.path.basename(sys.argv[0])} [--key=value ...]   (a bare --flag sets a boolean)\n")
+    for f in dataclasses.fields(cfg_class):
+        meta = field_metadata(cfg_class, f.name)
+        allowed = meta.get("allowed")
+        allowed = " | ".join(allowed) if isinstance(allowed, tuple) else allowed
+        print(f"  {f'--{f.name}={f.default!r}':<32} {meta.get('help', '')}" + (f"  [{allowed}]" if allowed else ""))
 
 
 def parse_args(cfg_class=Config, argv=None):
-    """--key=value overrides of a dataclass's defaults (--flag alone sets a boolean to True).
-    Unknown keys and bad values stop the run."""
-    cfg = cfg_class()
-    types = {f.name: type(f.default) for f in dataclasses.fields(cfg)}
-    for arg in sys.argv[1:] if argv is None else argv:
+    """--key=value overrides of a dataclass's defaults (--flag alone sets a boolean to True; --help lists them).
+    Unknown keys, values of the wrong type or outside the allowed range stop the run here, in one line."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("--help", "-h") for arg in argv):
+        print_help(cfg_class)
+        raise SystemExit(0)
+    types = {f.name: type(f.default) for f in dataclasses.fields(cfg_class)}
+    values = {}
+    for arg in argv:
         key, eq, value = arg.removeprefix("--").partition("=")
         if not arg.startswith("--"):
             raise SystemExit(f"arguments are --key=value, got {arg!r}")
         if key not in types:
-            raise SystemExit(f"unknown config key {key!r}; valid keys: {', '.join(types)}")
+            raise SystemExit(f"unknown config key {key!r}; valid keys: {', '.join(types)} (--help describes them)")
         if not eq and types[key] is bool:
             value, eq = "true", "="
         if not eq:
@@ -96,14 +166,16 @@ def parse_args(cfg_class=Config, argv=None):
             if types[key] is bool:
                 if value.lower() not in ("true", "false", "1", "0"):
                     raise ValueError
-                setattr(cfg, key, value.lower() in ("true", "1"))
+                values[key] = value.lower() in ("true", "1")
             else:
-                setattr(cfg, key, types[key](value))
+                values[key] = types[key](value)
         except ValueError:
             raise SystemExit(f"--{key} expects a {types[key].__name__}, got {value!r}") from None
-    if cfg.pi_kind not in toy_env.PI_KINDS:
-        raise SystemExit(f"--pi_kind must be one of {toy_env.PI_KINDS}, got {cfg.pi_kind!r}")
-    make_env(cfg, "train")  # an --env that cannot be built stops here, with its reason, before any model loads
+    try:
+        cfg = cfg_class(**values)
+    except ConfigError as err:
+        raise SystemExit(f"--{err}") from None
+    check_env(make_env(cfg, "train"), cfg)  # an environment that cannot be built or misbehaves stops here
     return cfg
 
 
@@ -242,11 +314,23 @@ def episode_tokens(tok, turns):
 
 
 def pick_device(name="auto"):
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device={name}: CUDA is not available here (torch {torch.__version__}, "
+                         f"{'no GPU found' if torch.version.cuda else 'a CPU-only build'}); use --device=cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise SystemExit(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA device(s), 0-based")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("--device=mps: MPS (Apple GPU) is not available here; use --device=cpu or auto")
+    return torch.device(name)
+
+
+def param_count(model):
+    n = sum(p.numel() for p in model.parameters())
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def autocast(device):
@@ -294,14 +378,56 @@ def make_env(cfg, split):
     if cfg.env.startswith("gem:"):
         import gem_env  # needs the gem-llm package: imported only for GEM games
         return gem_env.GemEnv(cfg.env.removeprefix("gem:"), split)
-    module, colon, factory = cfg.env.partition(":")
-    if not colon:
-        raise SystemExit(f"--env is toy, gem:<GEM env id> or module:factory, got {cfg.env!r}")
+    module, _, factory = cfg.env.partition(":")
     try:
         make = getattr(importlib.import_module(module), factory)
     except (ImportError, AttributeError) as err:
         raise SystemExit(f"--env={cfg.env}: cannot import {factory} from {module} ({err})") from None
     return make(split, cfg)
+
+
+def env_error(env, call, expected, got):
+    return SystemExit(f"--env: {type(env).__name__}.{call} must return {expected}; it returned {got!r:.200}")
+
+
+def checked_reset(env, seed):
+    out = env.reset(seed)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], str) and isinstance(out[1], dict)
+            and isinstance(out[1].get("system"), str)):
+        raise env_error(env, f"reset({seed})", "(request: str, info: dict with a 'system' prompt str)", out)
+    return out
+
+
+def checked_privileged_info(env, kind):
+    pi = env.privileged_info(kind)
+    if not isinstance(pi, str) or not pi.strip():
+        raise env_error(env, f"privileged_info({kind!r})", "a non-empty str (else the teacher is the student)", pi)
+    return pi
+
+
+def checked_step(env, text):
+    out = env.step(text)
+    if not (isinstance(out, tuple) and len(out) == 5 and isinstance(out[0], str)
+            and isinstance(out[1], (int, float)) and math.isfinite(out[1]) and 0 <= out[1] <= 1):
+        raise env_error(env, "step(text)", "(observation: str, reward in [0, 1], terminated, truncated, info)", out)
+    return out
+
+
+def check_env(env, cfg):
+    """The first episode's reset and privileged information, checked before any model loads (every later call
+    is checked in rollout)."""
+    checked_reset(env, 0)
+    for kind in toy_env.PI_KINDS if cfg.base_stats else (cfg.pi_kind,):
+        checked_privileged_info(env, kind)
+
+
+NOTED = set()
+
+
+def note_once(message):
+    if message not in NOTED:
+        NOTED.add(message)
+        print(message)
 
 
 def pad_left(seqs, pad):
@@ -326,8 +452,8 @@ def rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
     envs, episodes, chunks = [], [], []
     for split, seed in tasks:
         env = make_env(cfg, split)
-        request, info = env.reset(seed)
-        pi = env.privileged_info(pi_kind)
+        request, info = checked_reset(env, seed)
+        pi = checked_privileged_info(env, pi_kind)
         envs.append(env)
         header = tok.turn_header(1)
         episodes.append(Episode(split, seed, info["system"], request, pi, info.get("shortcut", False), list(header),
@@ -366,8 +492,11 @@ def rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
                 ep.tokens.append(tok.end), ep.mask.append(0), ep.logp.append(0.0)
                 pending = pending + [tok.end]
             text = tok.decode(written[i])
-            obs, reward, terminated, truncated, _ = env.step(text)
+            obs, reward, terminated, truncated, _ = checked_step(env, text)
             ep.turns.append((text, obs))
+            if not (terminated or truncated) and len(ep.turns) >= cfg.max_turns:  # an env that never ends
+                truncated = True
+                note_once(f"note: {type(env).__name__} episodes are cut at --max_turns={cfg.max_turns} model turns")
             if terminated or truncated:
                 ep.reward = reward
                 continue
@@ -590,8 +719,8 @@ def supervised_step(model, optimizer, examples, pad, device):
 def warm_up(model, tok, cfg, device):
     """Teach the format, the tools, grounding and PI-following on the behaviour policy's episodes. Keeps the
     weights with the best teacher success (tool-calls PI, frontier's actions) on validation train tasks."""
-    rng = random.Random(0)
-    torch.manual_seed(0)
+    rng = random.Random(cfg.warmup_seed)
+    torch.manual_seed(cfg.warmup_seed)
     select = dataclasses.replace(cfg, temperature=1.0)  # fixed, so the cached base does not depend on --temperature
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
     best, t0 = (-1.0, None), time.time()
@@ -616,41 +745,81 @@ def base_cache_path(cfg):
     # what shapes the warmed-up model; not max_action_tokens (it cuts sampled turns; warm-up actions are shorter)
     # nor shortcut_frac (only the frontier agent takes shortcuts, and the warm-up never shows it)
     keys = ["n_layer", "n_embd", "n_head", "max_turns", "warmup_steps",
-            "warmup_batch", "warmup_lr", "warmup_skill", "warmup_pi_frac", "warmup_eval_every"]
+            "warmup_batch", "warmup_lr", "warmup_skill", "warmup_pi_frac", "warmup_eval_every", "warmup_seed"]
     world = hashlib.sha256("\n".join(environment_texts(n_tasks=50)).encode()).hexdigest()  # the env's text formats
     blob = json.dumps({k: getattr(cfg, k) for k in keys} | {"world": world}, sort_keys=True)
-    return os.path.join(cfg.cache_dir, f"base_{hashlib.sha256(blob.encode()).hexdigest()[:12]}.pt")
+    folder = cfg.cache_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")
+    return os.path.join(folder, f"base_{hashlib.sha256(blob.encode()).hexdigest()[:12]}.pt")
+
+
+def load_file(path, what, keys, fix):
+    """torch.load of one of our own files, tensors and plain data only (weights_only: a file someone hands you
+    cannot run code); a file that cannot be read, or lacks the keys we wrote, stops the run with one line."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated, corrupt or foreign file: every unpickling error means the same here
+        raise SystemExit(f"{path}: cannot read this {what} ({type(err).__name__}: {str(err)[:200]}); {fix}") from None
+    missing = [k for k in keys if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise SystemExit(f"{path}: not a {what} of this project (no {', '.join(missing)}); {fix}")
+    return saved
+
+
+def load_pretrained(name, device):
+    """A Hugging Face model and tokenizer: a local folder, the local hub cache, or a download (only when named)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        raise SystemExit(f"--model={name}: no such folder (give a local model folder or a Hugging Face name)")
+    try:
+        hf = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(name, local_files_only=True).to(device), hf
+    except OSError:
+        pass  # not on disk: download it, if the hub can be reached at all (else transformers retries for ~1 min)
+    import socket
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=5).close()
+    except OSError:
+        raise SystemExit(f"--model={name}: not a local folder nor in the Hugging Face cache, and huggingface.co "
+                         "cannot be reached: download it where there is a network (huggingface-cli download "
+                         f"{name}) or pass a local folder") from None
+    try:
+        hf = AutoTokenizer.from_pretrained(name)
+        return AutoModelForCausalLM.from_pretrained(name).to(device), hf
+    except OSError as err:
+        raise SystemExit(f"--model={name}: cannot load it ({str(err).splitlines()[0]})") from None
 
 
 def load_base(cfg, device):
     """The tokenizer and the warmed-up base model, from the cache when present (else built and cached);
     or, with --model=<Hugging Face name or local path>, that pretrained model and its own tokenizer."""
     if cfg.model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        tok = HFChatTokenizer(AutoTokenizer.from_pretrained(cfg.model))
-        model = AutoModelForCausalLM.from_pretrained(cfg.model).to(device)
-        print(f"base model: {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
-        return model, tok
+        model, hf = load_pretrained(cfg.model, device)
+        print(f"base model: {cfg.model} ({param_count(model)} parameters)")
+        return model, HFChatTokenizer(hf)
     if cfg.env != "toy":
         raise SystemExit(f"--env={cfg.env} needs a pretrained model: pass --model=<Hugging Face name or local path>. "
                          "The built-in tiny model knows only the toy world (its tokenizer and warm-up come from it).")
     path = base_cache_path(cfg)
     if os.path.exists(path):
-        saved = torch.load(path, map_location=device, weights_only=False)
+        saved = load_file(path, "cached base model", ("model", "ranks", "seconds"), "delete it to rebuild the base")
         tok = ChatTokenizer(saved["ranks"])
-        model = tiny_model(cfg, tok.vocab_size).to(device)
-        model.load_state_dict(saved["model"])
+        model = tiny_model(cfg, tok.vocab_size)
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError as err:
+            raise SystemExit(f"{path}: its weights do not fit this model ({str(err).splitlines()[0]}); "
+                             "delete it to rebuild the base") from None
         print(f"base model: loaded {path} (warm-up took {saved['seconds']:.0f}s when built)")
-        return model, tok
+        return model.to(device), tok
     t0 = time.time()
     tok = ChatTokenizer(train_bpe(environment_texts()))
     print(f"tokenizer: {tok.vocab_size} tokens, trained in {time.time() - t0:.1f}s")
-    torch.manual_seed(0)
+    torch.manual_seed(cfg.warmup_seed)
     model = tiny_model(cfg, tok.vocab_size).to(device)
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; warming up for "
+    print(f"model: {param_count(model)} parameters; warming up for "
           f"{cfg.warmup_steps} steps (cached in {path} for later runs)")
     seconds = warm_up(model, tok, cfg, device)
-    os.makedirs(cfg.cache_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(dict(model=model.state_dict(), ranks=tok.enc._mergeable_ranks, seconds=seconds), path + ".tmp")
     os.replace(path + ".tmp", path)  # never leave a half-written cache behind
     return model, tok
@@ -667,6 +836,9 @@ class Run:
     def __init__(self, cfg, name):
         self.cfg, self.name = cfg, name
         self.device = pick_device(cfg.device)
+        self.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        self.checkpoint = self.read_checkpoint() if cfg.resume else None  # refused here, before any warm-up
         self.model, self.tok = load_base(cfg, self.device)
         if cfg.grad_checkpoint:  # keep each layer's input only; recompute the rest in the backward pass
             self.model.activation_checkpointing_enable()  # transformers 5's name for gradient_checkpointing_enable
@@ -677,9 +849,11 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.extra = {}           # algorithm modules to checkpoint (e.g. an EMA teacher)
         self.step = 0
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        self.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        self.saved_step = self.checkpoint["step"] if self.checkpoint else None  # the round ckpt.pt holds
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        except OSError as err:
+            raise SystemExit(f"--out_dir={cfg.out_dir}: cannot create it ({err.strerror})") from None
 
     def sample_tasks(self):
         """tasks_per_step train tasks, each repeated group_size times (one group per task)."""
@@ -696,8 +870,10 @@ class Run:
         parts = []
         for loss, n, stats in losses:
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; "
-                                         f"last good checkpoint: {self.ckpt_path}")
+                kept = (f"{self.ckpt_path} holds round {self.saved_step}" if self.saved_step is not None else
+                        "no checkpoint was written yet")
+                raise FloatingPointError(f"loss is {loss.item()} in round {self.step + 1}; {kept} (checkpoints are "
+                                         f"written at every evaluation, every --eval_every={self.cfg.eval_every} rounds)")
             # weights relative to the first micro-batch, so that a single one is exactly loss.backward()
             (loss * (n / parts[0][0]) if parts else loss).backward()
             parts.append((n, stats))
@@ -721,34 +897,49 @@ class Run:
 
     def save(self):
         state = dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                     config=dataclasses.asdict(self.cfg), step=self.step, rng=self.rng.getstate(),
-                     generator=self.generator.get_state(), torch_rng=torch.get_rng_state(),
+                     config=dataclasses.asdict(self.cfg), config_class=type(self.cfg).__name__, step=self.step,
+                     rng=self.rng.getstate(), generator=self.generator.get_state(), torch_rng=torch.get_rng_state(),
                      extra={k: m.state_dict() for k, m in self.extra.items()})
         torch.save(state, self.ckpt_path + ".tmp")
-        os.replace(self.ckpt_path + ".tmp", self.ckpt_path)
+        os.replace(self.ckpt_path + ".tmp", self.ckpt_path)  # never leave a half-written checkpoint behind
+        self.saved_step = self.step
 
-    def resume(self):
+    def read_checkpoint(self):
+        """The checkpoint in out_dir, refused (the run's files untouched) unless this script and config made it."""
         if not os.path.exists(self.ckpt_path):
             raise SystemExit(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
-        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        fix = "start a new run in another --out_dir (or delete the file)"
+        state = load_file(self.ckpt_path, "checkpoint", ("model", "optimizer", "config", "config_class", "step", "rng",
+                                                        "generator", "torch_rng", "extra"), fix)
+        if state["config_class"] != type(self.cfg).__name__:
+            raise SystemExit(f"{self.ckpt_path} was made by another script's config ({state['config_class']}, not "
+                             f"{type(self.cfg).__name__}): resume it with that script, or {fix}")
         ours = dataclasses.asdict(self.cfg)
         defaults = dataclasses.asdict(type(self.cfg)())  # a checkpoint older than a flag was made with its default
         diff = [k for k in ours if k not in ("resume", "steps") and state["config"].get(k, defaults[k]) != ours[k]]
         if diff:
             raise SystemExit(f"checkpoint {self.ckpt_path} was made with another config: "
                              + ", ".join(f"{k}={state['config'].get(k)!r} (now {ours[k]!r})" for k in diff))
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for k, m in self.extra.items():
-            m.load_state_dict(state["extra"][k])
+        return state
+
+    def resume(self):
+        state = self.checkpoint
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            for k, m in self.extra.items():
+                m.load_state_dict(state["extra"][k])
+            self.rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["rng"]))
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise SystemExit(f"{self.ckpt_path}: does not fit this run ({type(err).__name__}: {err}); start a new "
+                             "run in another --out_dir (or delete the file)") from None
         self.step = state["step"]
-        self.rng.setstate(state["rng"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if os.path.exists(self.metrics_path):  # drop records written after the checkpoint
             lines = [l for l in open(self.metrics_path) if json.loads(l)["step"] <= self.step]
             open(self.metrics_path, "w").writelines(lines)
-        print(f"resumed {self.ckpt_path} at step {self.step}")
+        print(f"resumed {self.ckpt_path} at round {self.step}")
 
     def evaluate(self):
         """Held-out success of the student (no PI) and of the teacher (cfg.pi_kind)."""
@@ -775,11 +966,11 @@ class Run:
     def train(self, train_step):
         cfg = self.cfg
         print(f"{self.name}: config {json.dumps(dataclasses.asdict(cfg))}")
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=1)
         if cfg.resume:
             self.resume()
-        else:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:  # after a resume was accepted
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+        if not cfg.resume:
             open(self.metrics_path, "w").close()
             base = base_statistics(self.model, self.tok, cfg) if cfg.base_stats else None
             if base:
@@ -803,8 +994,9 @@ class Run:
         show_episode(t["episodes"][0], f"teacher (PI={cfg.pi_kind})")
         records = [json.loads(l) for l in open(self.metrics_path)]
         evals = [r for r in records if r.get("eval")]
-        print(f"summary: held-out student success {evals[0]['student']:.3f} -> {evals[-1]['student']:.3f} "
-              f"(frontier agent 1.000), teacher {evals[0]['teacher']:.3f} -> {evals[-1]['teacher']:.3f}, "
+        frontier = " (frontier agent 1.000)" if cfg.env == "toy" else ""  # the toy's scripted agent solves every task
+        print(f"summary: held-out student success {evals[0]['student']:.3f} -> {evals[-1]['student']:.3f}"
+              f"{frontier}, teacher {evals[0]['teacher']:.3f} -> {evals[-1]['teacher']:.3f}, "
               f"KL(T||S) {evals[0]['kl_token']:.3f} -> {evals[-1]['kl_token']:.3f}/token, "
               f"{time.time() - t0:.0f}s of training")
         if "student_order_listed" in evals[0]:

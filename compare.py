@@ -53,13 +53,14 @@ BETAS = [0.0, 0.25, 0.5]  # the KL penalty in the shaped reward, swept for the d
 @dataclass
 class CompareConfig(agent.Config):
     out_dir: str = "results"
-    quick: bool = False        # caps seeds at 1, rounds at 100, SFT steps at 150: ≤ 30 min on a 2-core CPU
-    seeds: int = 3
-    workers: int = 2           # runs in parallel, one process each (2 one-thread runs beat one two-thread run)
-    sft_steps: int = 300
-    sft_batch: int = 32
-    sft_lr: float = 1e-3
-    sft_eval_every: int = 50
+    quick: bool = agent.knob(False, "caps seeds at 1, rounds at 100, SFT steps at 150")
+    seeds: int = agent.knob(3, "seeds per method", ">= 1")
+    workers: int = agent.knob(2, "runs in parallel, one process each (2 one-thread runs beat one two-thread run)",
+                              ">= 1")
+    sft_steps: int = agent.knob(300, "SFT baselines: supervised steps on the frontier's traces", ">= 1")
+    sft_batch: int = agent.knob(32, "SFT baselines: traces per step", ">= 1")
+    sft_lr: float = agent.knob(1e-3, "SFT baselines: learning rate", "(0, 0.1]")
+    sft_eval_every: int = agent.knob(50, "SFT baselines: steps between validation evaluations", ">= 1")
 
 
 # ----------------------------------------------------------------------------- the SFT baselines

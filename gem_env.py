@@ -2,7 +2,7 @@
 gem_env.py -- GEM's offline text games (the `gem-llm` package, the environment suite the paper used out of
 domain) behind the toy world's API, with privileged information from a solver that reads the game's hidden state.
 
-    python pi_distill.py --model=Qwen/Qwen3-0.6B --env=gem:game:TowerofHanoi-v0-easy
+    python pi_distill.py --model=Qwen/Qwen3-0.6B --env=gem:game:TowerofHanoi-v0-easy --max_turns=12
     python gem_env.py game:Mastermind-v0-easy     # two games played by the solver, with every PI kind
 
 The PI kinds keep their meaning from toy_env.PI_KINDS, in decreasing information:
@@ -14,7 +14,8 @@ The PI kinds keep their meaning from toy_env.PI_KINDS, in decreasing information
 
 Reward: 1 when GEM says the game is solved, else 0, at the episode's end (GEM's partial credit at the turn
 limit, its per-peg rewards and its -0.1 format penalty are not used, so `success` means the same in every
-environment). Turn limits are the game's own (--max_turns is the toy's). A GEM game ends at the first action
+environment). An episode ends at the game's own turn limit or at --max_turns, whichever comes first (the agent cuts
+every environment's episodes there; Tower of Hanoi with 3 disks takes 7 moves). A GEM game ends at the first action
 it cannot parse. Splits: train seeds 0, 1, ... and test seeds from 2^31 on are disjoint, but some games have
 few distinct tasks: Tower of Hanoi has one per disk count, GuessTheNumber-easy ten, Mastermind-easy thirty.
 """

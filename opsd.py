@@ -28,10 +28,12 @@ import agent
 @dataclass
 class OPSDConfig(agent.Config):
     out_dir: str = "runs/opsd"
-    beta: float = 0.5
-    teacher: str = "frozen"        # frozen (the base; default: no collapse) | live (same weights, the paper) | ema
-    ema_decay: float = 0.99
-    kl_estimator: str = "analytic"  # analytic (the paper's loss) | reward | token (reward shaping, see opsd_loss)
+    beta: float = agent.knob(0.5, "weight β of the reverse KL toward the teacher; 0 = plain GRPO", ">= 0")
+    teacher: str = agent.knob("frozen", "frozen (the base; no collapse) | live (same weights, the paper) | ema",
+                              ("frozen", "live", "ema"))
+    ema_decay: float = agent.knob(0.99, "with --teacher=ema: the teacher's decay per round", "[0, 1)")
+    kl_estimator: str = agent.knob("analytic", "analytic (the paper's loss) | reward | token (see opsd_loss)",
+                                   ("analytic", "reward", "token"))
 
 
 def opsd_loss(logp_student, logp_student_old, advantages, mask, beta, eps=0.2, kl_tokens=None):
@@ -113,8 +115,6 @@ def train_step(run):
 
 if __name__ == "__main__":
     cfg = agent.parse_args(OPSDConfig)
-    if cfg.teacher not in ("live", "ema", "frozen") or cfg.kl_estimator not in ("analytic", "reward", "token"):
-        raise SystemExit("--teacher must be live|ema|frozen and --kl_estimator analytic|reward|token")
     run = agent.Run(cfg, f"OPSD (β={cfg.beta}, {cfg.teacher} teacher)")
     attach_teacher(run)
     run.train(train_step)

@@ -31,15 +31,16 @@ import agent
 @dataclass
 class PiDistillConfig(agent.Config):
     out_dir: str = "runs/pi_distill"
-    steps: int = 100             # rounds; past ~150 the student view drifts and collapses here (README)
-    alpha: float = 0.0           # weight of the teacher term; 1 = teacher only, 0 = student only (see above)
-    alpha_anneal_steps: int = 15  # α grows linearly from 0 over this many rounds (the paper, for α = 0.5)
-    beta: float = 0.25           # KL penalty in the teacher's shaped reward R − β·KL_seq
-    kl_sum: bool = False         # KL_seq summed over the episode's tokens instead of averaged (see README)
-    ratio_cap: float = 3.0       # dual-clip: bound on ρ_S where the advantage is negative
-    forward_kl: float = 0.0      # coefficient of the student's KL(sg π_T ‖ π_S) (the paper's equation: β; README)
-    leak_penalty: float = 0.1    # reward − leak_penalty per PI keyword the teacher writes (the paper: 0.1)
-    updates_per_round: int = 2   # gradient steps on each round of samples (the paper: 2-3)
+    steps: int = 100             # past ~150 rounds the student view drifts and collapses here (README)
+    alpha: float = agent.knob(0.0, "weight α of the teacher term; 1 = teacher only, 0 = student only", "[0, 1]")
+    alpha_anneal_steps: int = agent.knob(15, "α grows linearly from 0 over this many rounds (the paper)", ">= 0")
+    beta: float = agent.knob(0.25, "KL penalty β in the teacher's shaped reward R − β·KL_seq", ">= 0")
+    kl_sum: bool = agent.knob(False, "KL_seq summed over the episode's tokens instead of averaged (README)")
+    ratio_cap: float = agent.knob(3.0, "dual-clip: bound on ρ_S where the advantage is negative", "> 1")
+    forward_kl: float = agent.knob(0.0, "coefficient of the student's KL(sg π_T ‖ π_S) (the paper's equation: β)",
+                                   ">= 0")
+    leak_penalty: float = agent.knob(0.1, "reward − this per PI keyword the teacher writes (the paper: 0.1)", ">= 0")
+    updates_per_round: int = agent.knob(2, "gradient steps on each round of samples (the paper: 2-3)", ">= 1")
 
 
 LEAK_WORDS = ("secret",)  # the PI block's delimiter word: naming it leaks the PI

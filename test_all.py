@@ -2,6 +2,7 @@
 Fast on a 2-core CPU; nothing is downloaded.   python -m pytest -q test_all.py"""
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -13,6 +14,8 @@ import torch
 
 import agent
 import compare
+import opsd
+import pi_distill
 import toy_env
 
 # ----------------------------------------------------------------------------- the toy world
@@ -145,6 +148,81 @@ def test_behaviour_policy_is_grounded_and_rarely_succeeds():
     assert toy_env.success_rate(toy_env.random_valid_policy, n=2000) < 0.03
 
 
+def lookup_then(env, seed, item_filter, then):
+    """Looks the user up, lists the orders (only the request's item, or all), then plays `then(task, seen ids)`."""
+    env.reset(seed)
+    t = env.task
+    env.step(f"find_user {t['name']}")
+    obs = env.step(f"get_orders {t['uid']}" + (f" {t['item']}" if item_filter else ""))[0]
+    for action in then(t, [word for word in obs.split() if word.startswith("#")]):
+        if env.done:
+            break
+        env.step(action)
+
+
+def every_status(env, seed, rng):
+    lookup_then(env, seed, False, lambda t, seen: ["respond " + " ".join(toy_env.STATUSES)])
+
+
+def sprayed_ids(env, seed, rng):  # guessed writes with no lookup at all
+    env.reset(seed)
+    for _ in range(5):
+        env.step(f"{rng.choice(['cancel', 'return'])} {rng.choice(toy_env.POOLS[env.split]['oids'])}")
+    env.step("respond done")
+
+
+def every_write_on_every_listed_order(env, seed, rng):
+    lookup_then(env, seed, False, lambda t, seen: [f"{op} {o}" for o in seen for op in ("cancel", "return")]
+                + ["respond done"])
+
+
+def both_tools_on_the_target(env, seed, rng):  # the right order, but no decision between cancel and return
+    lookup_then(env, seed, True, lambda t, seen: [f"cancel {t['target']}", f"return {t['target']}", "respond done"])
+
+
+def repeated_write(env, seed, rng):
+    lookup_then(env, seed, True, lambda t, seen: [f"{t['kind']} {t['target']}"] * 2 + ["respond done"])
+
+
+def write_before_any_lookup(env, seed, rng):  # even the right id, if it was never read, is a guess
+    env.reset(seed)
+    t = env.task
+    env.step(f"{t['kind']} {t['target']}")
+    env.step("respond done")
+
+
+def answer_at_once(env, seed, rng):
+    env.reset(seed)
+    env.step(f"respond {rng.choice(['done', *toy_env.STATUSES])}")
+
+
+def text_after_the_answer(env, seed, rng):  # the frontier's solution, with more words in the answer
+    env.reset(seed)
+    for _, action in env.demonstration():
+        env.step(action + (" U33 monitor" if action.startswith("respond") else ""))
+
+
+@pytest.mark.parametrize("policy", [every_status, sprayed_ids, every_write_on_every_listed_order,
+                                    both_tools_on_the_target, repeated_write, write_before_any_lookup,
+                                    answer_at_once, text_after_the_answer])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_degenerate_policies_win_nothing(policy, split):
+    """A search for reward without a solution: each of these wins no task of 1,000."""
+    assert toy_env.success_rate(policy, split, n=1000) == 0.0
+
+
+def test_a_write_changes_what_get_orders_lists():
+    env = toy_env.ToyShopEnv()
+    seed = next(s for s in range(100) if toy_env.make_task(s)["kind"] == "return")
+    env.reset(seed)
+    t = env.task
+    env.step(f"find_user {t['name']}")
+    assert f"{t['target']} delivered" in env.step(f"get_orders {t['uid']}")[0]
+    assert env.step(f"return {t['target']}")[0] == f"ok return {t['target']}"
+    assert f"{t['target']} returned" in env.step(f"get_orders {t['uid']}")[0]
+    assert env.step(f"return {t['target']}")[0] == f"error : {t['target']} is returned"
+
+
 # ----------------------------------------------------------------------------- the agent's machinery
 
 TINY = dict(n_layer=1, n_embd=32, n_head=2, warmup_steps=4, warmup_batch=8, warmup_eval_every=4,
@@ -169,6 +247,56 @@ def test_config_overrides_and_clear_errors():
         with pytest.raises(SystemExit) as err:
             agent.parse_args(agent.Config, argv)
         assert needle in str(err.value)
+
+
+BAD_FLAGS = [  # every one stops the run at parse time, naming its key
+    ("--alpha=2", "alpha"), ("--alpha=-1", "alpha"), ("--group_size=1", "group_size"), ("--lr=1e3", "lr"),
+    ("--temperature=-1", "temperature"), ("--beta=-5", "beta"), ("--clip_eps=-1", "clip_eps"), ("--lr=-1", "lr"),
+    ("--shortcut_frac=2", "shortcut_frac"), ("--steps=-1", "steps"), ("--eval_tasks=-5", "eval_tasks"),
+    ("--n_head=3", "n_head"), ("--group_size=0", "group_size"), ("--tasks_per_step=0", "tasks_per_step"),
+    ("--eval_every=0", "eval_every"), ("--temperature=0", "temperature"), ("--eval_tasks=0", "eval_tasks"),
+    ("--max_action_tokens=0", "max_action_tokens"), ("--updates_per_round=0", "updates_per_round"),
+    ("--out_dir=", "out_dir"), ("--device=foo", "device"), ("--lr=nan", "lr"), ("--ratio_cap=0.5", "ratio_cap"),
+    ("--env=nonsense", "env")]
+
+
+@pytest.mark.parametrize("flag,key", BAD_FLAGS)
+def test_bad_flags_stop_at_parse_time_naming_the_key(flag, key):
+    with pytest.raises(SystemExit) as err:
+        agent.parse_args(pi_distill.PiDistillConfig, [flag])
+    assert str(err.value).startswith(f"--{key}=") or f" {key}=" in str(err.value), err.value
+
+
+@pytest.mark.parametrize("flag,key", [("--ema_decay=2", "ema_decay"), ("--teacher=frozn", "teacher"),
+                                      ("--kl_estimator=analytik", "kl_estimator")])
+def test_bad_opsd_flags_and_configs_built_in_python(flag, key):
+    with pytest.raises(SystemExit, match=f"--{key}="):
+        agent.parse_args(opsd.OPSDConfig, [flag])
+    name, value = flag[2:].split("=")
+    with pytest.raises(agent.ConfigError, match=key):  # a config built in Python (compare.py, a notebook) too
+        opsd.OPSDConfig(**{name: float(value) if key == "ema_decay" else value})
+    with pytest.raises(agent.ConfigError, match="alpha"):
+        dataclasses.replace(pi_distill.PiDistillConfig(), alpha=1.5)
+
+
+def test_help_lists_every_key_with_its_default(capsys):
+    with pytest.raises(SystemExit) as err:
+        agent.parse_args(pi_distill.PiDistillConfig, ["--help"])
+    assert err.value.code == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(pi_distill.PiDistillConfig):
+        assert f"--{f.name}={f.default!r}" in out, f.name
+    assert "[0, 1]" in out and "weight α of the teacher term" in out
+
+
+def test_unavailable_device_and_missing_model_are_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device=cuda: CUDA is not available"):
+        agent.pick_device("cuda")
+    with pytest.raises(SystemExit, match="no such folder"):
+        agent.load_base(agent.Config(model="/no/such/path"), torch.device("cpu"))
+    with pytest.raises(SystemExit, match="--model=nobody/no-such-model: "):  # offline here: at once, no retry loop
+        agent.load_base(agent.Config(model="nobody/no-such-model"), torch.device("cpu"))
 
 
 def test_tokenizer_round_trips_and_ids_are_single_tokens(tiny):
@@ -269,9 +397,6 @@ def test_warmup_cache_is_used(tiny, monkeypatch, capsys):
 # Shared weights W give the student's logits; the teacher adds U (what the PI block changes). Every sequence
 # is enumerated, so expectations and gradients are exact.
 
-import itertools  # noqa: E402
-
-import pi_distill  # noqa: E402
 
 V = 3
 
@@ -405,7 +530,6 @@ def test_clipping_zeroes_the_gradient_where_it_should():
     assert grad_of(1.0, 5.0, +1.0, 0.0)[0][1] == 0       # above 1 + ε with A > 0: PPO clip
 
 
-import opsd  # noqa: E402
 
 
 def expected_opsd_grad(W, U, seqs, R, beta, estimator, b=0.4):
@@ -506,6 +630,121 @@ def test_missing_or_mismatched_checkpoint_is_a_clear_error(tiny, tmp_path):
     agent.Run(dataclasses.replace(cfg, resume=False), "x").train(pi_distill.train_step)
     with pytest.raises(SystemExit, match="alpha"):
         agent.Run(dataclasses.replace(cfg, alpha=0.9), "x").train(pi_distill.train_step)
+
+
+def test_refused_resume_changes_nothing_and_starts_no_warm_up(tiny, tmp_path, monkeypatch):
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, steps=1)
+    agent.Run(cfg, "x").train(pi_distill.train_step)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(agent, "load_base", lambda *a: pytest.fail("the base was loaded before the refusal"))
+    with pytest.raises(SystemExit, match="n_layer"):
+        agent.Run(dataclasses.replace(cfg, resume=True, n_layer=2), "x")
+    opsd_cfg = opsd.OPSDConfig(**{k: v for k, v in dataclasses.asdict(cfg).items()
+                                  if k in {f.name for f in dataclasses.fields(opsd.OPSDConfig)}} | dict(resume=True))
+    with pytest.raises(SystemExit, match="PiDistillConfig"):  # a π-Distill checkpoint resumed by opsd.py
+        agent.Run(opsd_cfg, "x")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])
+def test_corrupt_checkpoint_or_cached_base_is_named(tiny, tmp_path, damage):
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path / "run", steps=1)
+    agent.Run(cfg, "x").train(pi_distill.train_step)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    base = agent.base_cache_path(dataclasses.replace(cfg, cache_dir=str(cache)))
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    for path in (ckpt, base):
+        original = open(agent.base_cache_path(cfg), "rb").read() if path == base else ckpt.read_bytes()
+        data = {"truncated": original[:len(original) // 2], "garbage": b"not a torch file"}.get(damage)
+        if data is None:
+            torch.save({"weights": torch.zeros(2)}, path)
+        else:
+            open(path, "wb").write(data)
+    with pytest.raises(SystemExit, match=f"{ckpt}: .*another --out_dir"):
+        agent.Run(dataclasses.replace(cfg, resume=True), "x")
+    with pytest.raises(SystemExit, match=f"{base}: .*delete it to rebuild"):
+        agent.load_base(dataclasses.replace(cfg, cache_dir=str(cache)), torch.device("cpu"))
+
+
+def test_a_checkpoint_cannot_run_code(tiny, tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, steps=1, resume=True)
+    torch.save({"model": Payload()}, tmp_path / "ckpt.pt")
+    with pytest.raises(SystemExit, match="cannot read this checkpoint"):
+        agent.Run(cfg, "x")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_nan_guard_says_which_checkpoint_exists(tiny, tmp_path, monkeypatch):
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, steps=1)
+    monkeypatch.setattr(pi_distill, "pi_distill_loss", lambda *a, **k: (torch.tensor(float("nan")), {}))
+    run = agent.Run(cfg, "x")
+    run.step = 0
+    with pytest.raises(FloatingPointError, match="in round 1; no checkpoint was written yet"):
+        pi_distill.train_step(run)
+    run.save()
+    with pytest.raises(FloatingPointError, match="ckpt.pt holds round 0"):
+        pi_distill.train_step(run)
+
+
+class EndlessEnv:
+    """A user's environment that never ends an episode (and pays nothing)."""
+    def __init__(self, split, cfg):
+        self.split = split
+    def reset(self, seed):
+        return "say something", dict(system="you talk")
+    def privileged_info(self, kind):
+        return "step1 hello"
+    def step(self, text):
+        return "go on", 0.0, False, False, {}
+
+
+class MalformedEnv(EndlessEnv):
+    def __init__(self, split, cfg, broken):
+        super().__init__(split, cfg)
+        self.broken = broken
+    def reset(self, seed):
+        return "say something" if self.broken == "reset" else super().reset(seed)
+    def privileged_info(self, kind):
+        return None if self.broken == "privileged_info" else super().privileged_info(kind)
+    def step(self, text):
+        return ("bye", 5.0, True, False, {}) if self.broken == "step" else super().step(text)
+
+
+def broken_reset(split, cfg):  # --env=test_all:broken_reset, ...
+    return MalformedEnv(split, cfg, "reset")
+
+
+def broken_privileged_info(split, cfg):
+    return MalformedEnv(split, cfg, "privileged_info")
+
+
+def broken_step(split, cfg):
+    return MalformedEnv(split, cfg, "step")
+
+
+def test_an_endless_environment_is_cut_at_max_turns(hf_model_dir, capsys):
+    cfg = agent.parse_args(agent.Config, ["--env=test_all:EndlessEnv", f"--model={hf_model_dir}", "--max_turns=3"])
+    model, tok = agent.load_base(cfg, torch.device("cpu"))
+    episodes = agent.rollout(model, tok, cfg, [("train", 0), ("train", 1)], False, torch.Generator().manual_seed(0))
+    assert [len(e.turns) for e in episodes] == [3, 3]
+    assert capsys.readouterr().out.count("cut at --max_turns=3") == 1
+
+
+@pytest.mark.parametrize("broken", ["reset", "privileged_info", "step"])
+def test_a_malformed_environment_is_refused_naming_the_method(hf_model_dir, broken):
+    argv = [f"--env=test_all:broken_{broken}", f"--model={hf_model_dir}"]
+    if broken != "step":  # checked at parse time, before any model loads
+        with pytest.raises(SystemExit, match=f"MalformedEnv.{broken}"):
+            agent.parse_args(agent.Config, argv)
+        return
+    cfg = agent.parse_args(agent.Config, argv)
+    model, tok = agent.load_base(cfg, torch.device("cpu"))
+    with pytest.raises(SystemExit, match=r"MalformedEnv.step\(text\) must return .*reward in \[0, 1\].*5\.0"):
+        agent.rollout(model, tok, cfg, [("train", 0)], False, torch.Generator().manual_seed(0))
 
 
 def test_opsd_steps_move_the_student_toward_a_frozen_teacher(tmp_path):

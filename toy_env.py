@@ -11,9 +11,13 @@ tools, one per turn, and reads their output:
     return OID        -> returns a delivered order      (a write)
     respond TEXT      -> answers the customer and ends the episode
 
-Reward is 1 when the episode ends in the right state with no wrong write (the right order cancelled or
-returned, or the right status told), else 0. Solving a task takes 3 correct calls whose arguments are
-copied from earlier observations (name -> user id, item -> order id), then `respond`. The item filter of
+Reward is 1 only for a solution, else 0: on cancel/return tasks exactly one write, the right one (the right
+tool on the target order, an id the agent has read in an observation), then `respond done`; on status tasks
+no write, the orders looked up, then `respond` with exactly the target order's status. Any other write (a
+guessed or unseen id, the wrong tool, a second write) and any other answer text ("pending shipped
+delivered", "done U33") make the reward 0. Solving a task takes 3 correct calls whose arguments are
+copied from earlier observations (name -> user id, item -> order id), then `respond`. A write changes the
+world: after `cancel #12`, get_orders lists #12 as cancelled. The item filter of
 `get_orders` does the matching of the request's item to its order that a database query would do: a
 4-layer, 1M-parameter model never learned to do it by attention over a full listing (README: "Why
 `get_orders` filters by item").
@@ -133,7 +137,8 @@ class ToyShopEnv:
 
     def reset(self, seed):
         self.task = make_task(seed, self.split, self.shortcut_frac)
-        self.turn, self.done, self.writes, self.answer, self.listed = 0, False, [], None, False
+        # writes: every cancel/return attempted (refused ones too); seen: order ids read in an observation
+        self.turn, self.done, self.writes, self.answer, self.listed, self.seen = 0, False, [], None, False, set()
         info = dict(system=system_prompt(), shortcut=self.task["shortcut"], kind=self.task["kind"])
         return REQUESTS[self.task["kind"]].format(**self.task), info
 
@@ -171,21 +176,25 @@ class ToyShopEnv:
             if not shown:
                 return f"error : no {item} order", False
             self.listed = True
+            self.seen.update(line.split()[0] for line in shown)
             return "orders " + " , ".join(shown), False
-        if arg not in t["orders"]:  # cancel / return
+        # cancel / return: every attempt counts (success() allows exactly one, the right one), refused or not
+        self.writes.append((tool, arg, arg in self.seen))
+        if arg not in t["orders"]:
             return "error : no such order", False
-        status = t["orders"][arg][0]
+        status, item = t["orders"][arg]
         if status != {"cancel": "pending", "return": "delivered"}[tool]:
             return f"error : {arg} is {status}", False
-        self.writes.append((tool, arg))
+        t["orders"][arg] = ({"cancel": "cancelled", "return": "returned"}[tool], item)  # the world changes
         return f"ok {tool} {arg}", False
 
     def success(self):
         t = self.task
         if t["kind"] == "status":
             # an answer counts only once the orders were looked up: a lucky guess is not a solution
-            return self.listed and not self.writes and t["status"] in (self.answer or "").split()
-        return self.writes == [(t["kind"], t["target"])]
+            return self.listed and not self.writes and (self.answer or "").split() == [t["status"]]
+        # one write, the right tool on the target, whose id was read in an observation (not guessed); then "done"
+        return self.writes == [(t["kind"], t["target"], True)] and (self.answer or "").split() == ["done"]
 
 
 def parse_action(text):
