@@ -76,13 +76,13 @@ class Config:
     shortcut_frac: float = knob(0.3, "toy world: fraction of tasks where the frontier skips the user lookup", "[0, 1]")
     max_action_tokens: int = knob(8, "a model turn longer than this many tokens is cut", ">= 1")
     # the base warm-up (stand-in for pretraining), cached in cache_dir keyed by these fields
-    warmup_steps: int = knob(1500, "warm-up: supervised steps on the behaviour policy's episodes", ">= 1")
+    warmup_steps: int = knob(3000, "warm-up: supervised steps on the behaviour policy's episodes", ">= 1")
     warmup_batch: int = knob(32, "warm-up: episodes per step", ">= 1")
     warmup_lr: float = knob(3e-3, "warm-up: peak learning rate", "(0, 0.1]")
     warmup_skill: float = knob(0.1, "warm-up: behaviour policy's probability of the right decision (README)", "[0, 1]")
     warmup_pi_frac: float = knob(0.75, "warm-up: fraction of episodes shown with a PI block", "[0, 1]")
     warmup_eval_every: int = knob(100, "warm-up: steps between validation evaluations", ">= 1")
-    warmup_seed: int = knob(0, "warm-up: seeds the model's initialisation and the behaviour episodes", ">= 0")
+    warmup_seed: int = knob(2, "warm-up: seeds the model's initialisation and the behaviour episodes", ">= 0")
     cache_dir: str = knob("", "where the warmed-up base is cached; empty: cache/ beside agent.py")
     # training
     steps: int = knob(400, "training rounds (each samples tasks_per_step x group_size episodes)", ">= 0")
