@@ -222,8 +222,8 @@ def noisy_episode(env, seed, rng, skill=0.0, answer_prob=0.4):
     """The warm-up's behaviour policy: with probability `skill` it takes the right next step, otherwise a
     random *grounded* action -- its decisions are noisy (tool order, early answers, a wrong but seen
     order), its arguments are always copied from what it has seen. Returns (request, [(action, obs)]).
-    With skill 0 (a uniform choice among grounded actions) it solves about 6.5% of tasks, with 0.1 (the base
-    model's warm-up) about 12% (see `python toy_env.py`)."""
+    With skill 0 (a uniform choice among grounded actions) it solves about 3.5% of tasks, with 0.1 (the base
+    model's warm-up) about 6.4% (see `python toy_env.py`)."""
     request, _ = env.reset(seed)
     t = env.task
     seen_uid, seen_orders, history, done = None, {}, [], False
