@@ -57,6 +57,10 @@ def allows(allowed, value):
                                                                           else (value < high))
 
 
+def describe(allowed):
+    return " | ".join(allowed) if isinstance(allowed, tuple) else allowed
+
+
 class ConfigError(ValueError):
     """A config value that is not allowed; parse_args turns it into one line and exit code 1."""
 
@@ -111,9 +115,7 @@ class Config:
             if not isinstance(value, kind) and not (kind is float and type(value) is int):
                 raise ConfigError(f"{f.name}={value!r}: expects a {kind.__name__}")
             if not allows(meta.get("allowed"), value):
-                allowed = meta["allowed"]
-                allowed = " | ".join(allowed) if isinstance(allowed, tuple) else allowed
-                raise ConfigError(f"{f.name}={value!r}: allowed {allowed} ({meta['help']})")
+                raise ConfigError(f"{f.name}={value!r}: allowed {describe(meta['allowed'])} ({meta['help']})")
         if not self.out_dir:
             raise ConfigError("out_dir='': give a folder for the run's files")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
@@ -138,8 +140,7 @@ def print_help(cfg_class):
     print(f"usage: python {os.path.basename(sys.argv[0])} [--key=value ...]   (a bare --flag sets a boolean)\n")
     for f in dataclasses.fields(cfg_class):
         meta = field_metadata(cfg_class, f.name)
-        allowed = meta.get("allowed")
-        allowed = " | ".join(allowed) if isinstance(allowed, tuple) else allowed
+        allowed = describe(meta.get("allowed"))
         print(f"  {f'--{f.name}={f.default!r}':<32} {meta.get('help', '')}" + (f"  [{allowed}]" if allowed else ""))
 
 
@@ -828,6 +829,9 @@ def load_base(cfg, device):
 # ----------------------------------------------------------------------------- a training run
 
 
+NEW_RUN = "start a new run in another --out_dir (or delete the file)"  # what to do with a checkpoint we refuse
+
+
 class Run:
     """What every training script shares: device, model, optimizer, RNGs, the step loop with its printed
     line, evaluation, metrics.jsonl, curves.png and resumable checkpoints. An algorithm is a function
@@ -873,7 +877,8 @@ class Run:
                 kept = (f"{self.ckpt_path} holds round {self.saved_step}" if self.saved_step is not None else
                         "no checkpoint was written yet")
                 raise FloatingPointError(f"loss is {loss.item()} in round {self.step + 1}; {kept} (checkpoints are "
-                                         f"written at every evaluation, every --eval_every={self.cfg.eval_every} rounds)")
+                                         "written at every evaluation, every "
+                                         f"--eval_every={self.cfg.eval_every} rounds)")
             # weights relative to the first micro-batch, so that a single one is exactly loss.backward()
             (loss * (n / parts[0][0]) if parts else loss).backward()
             parts.append((n, stats))
@@ -908,12 +913,11 @@ class Run:
         """The checkpoint in out_dir, refused (the run's files untouched) unless this script and config made it."""
         if not os.path.exists(self.ckpt_path):
             raise SystemExit(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
-        fix = "start a new run in another --out_dir (or delete the file)"
         state = load_file(self.ckpt_path, "checkpoint", ("model", "optimizer", "config", "config_class", "step", "rng",
-                                                        "generator", "torch_rng", "extra"), fix)
+                                                        "generator", "torch_rng", "extra"), NEW_RUN)
         if state["config_class"] != type(self.cfg).__name__:
             raise SystemExit(f"{self.ckpt_path} was made by another script's config ({state['config_class']}, not "
-                             f"{type(self.cfg).__name__}): resume it with that script, or {fix}")
+                             f"{type(self.cfg).__name__}): resume it with that script, or {NEW_RUN}")
         ours = dataclasses.asdict(self.cfg)
         defaults = dataclasses.asdict(type(self.cfg)())  # a checkpoint older than a flag was made with its default
         diff = [k for k in ours if k not in ("resume", "steps") and state["config"].get(k, defaults[k]) != ours[k]]
@@ -929,10 +933,10 @@ class Run:
             self.optimizer.load_state_dict(state["optimizer"])
             for k, m in self.extra.items():
                 m.load_state_dict(state["extra"][k])
-            self.rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["rng"]))
+            self.rng.setstate(state["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError) as err:
-            raise SystemExit(f"{self.ckpt_path}: does not fit this run ({type(err).__name__}: {err}); start a new "
-                             "run in another --out_dir (or delete the file)") from None
+            raise SystemExit(f"{self.ckpt_path}: does not fit this run ({type(err).__name__}: {err}); "
+                             f"{NEW_RUN}") from None
         self.step = state["step"]
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])

@@ -138,7 +138,7 @@ class ToyShopEnv:
     def reset(self, seed):
         self.task = make_task(seed, self.split, self.shortcut_frac)
         # writes: every cancel/return attempted (refused ones too); seen: order ids read in an observation
-        self.turn, self.done, self.writes, self.answer, self.listed, self.seen = 0, False, [], None, False, set()
+        self.turn, self.done, self.writes, self.answer, self.seen = 0, False, [], None, set()
         info = dict(system=system_prompt(), shortcut=self.task["shortcut"], kind=self.task["kind"])
         return REQUESTS[self.task["kind"]].format(**self.task), info
 
@@ -175,7 +175,6 @@ class ToyShopEnv:
             shown = [f"{oid} {st} {it}" for oid, (st, it) in t["orders"].items() if item in ("", it)]
             if not shown:
                 return f"error : no {item} order", False
-            self.listed = True
             self.seen.update(line.split()[0] for line in shown)
             return "orders " + " , ".join(shown), False
         # cancel / return: every attempt counts (success() allows exactly one, the right one), refused or not
@@ -192,7 +191,7 @@ class ToyShopEnv:
         t = self.task
         if t["kind"] == "status":
             # an answer counts only once the orders were looked up: a lucky guess is not a solution
-            return self.listed and not self.writes and (self.answer or "").split() == [t["status"]]
+            return bool(self.seen) and not self.writes and (self.answer or "").split() == [t["status"]]
         # one write, the right tool on the target, whose id was read in an observation (not guessed); then "done"
         return self.writes == [(t["kind"], t["target"], True)] and (self.answer or "").split() == ["done"]
 
