@@ -1,10 +1,10 @@
 """
 compare.py -- the paper's table in miniature (PAPER.md §6-§9): every method on one budget, over seeds.
 
-    python compare.py --quick     # ≤ 30 min on a 2-core CPU: 1 seed, 100 rounds per method, 150 SFT steps
+    python compare.py --quick     # 1 seed, 100 rounds per method, 150 SFT steps
     python compare.py             # 3 seeds, 400 rounds per method: a GPU, or a long CPU run
 
-The budget is the number of sampled episodes: every method runs `steps` rounds of tasks_per_step × group_size
+The budget is the number of sampled episodes: every method runs `rounds` rounds of tasks_per_step × group_size
 episodes (25,600 at the defaults), one gradient step per round (two for π-Distill, its default). The SFT
 baselines first train on sft_steps × sft_batch of the frontier agent's traces (demonstrations, not sampled
 episodes), then do the same RL.
@@ -29,9 +29,12 @@ import numpy as np
 import torch
 
 import agent
+import base
+import config
 import opsd
 import pi_distill
-import toy_env
+import run as runs
+from env_api import PI_KINDS
 
 ALGORITHMS = {"pi_distill": (pi_distill, pi_distill.PiDistillConfig), "opsd": (opsd, opsd.OPSDConfig)}
 COT_TOKENS = 24  # a reasoning line and its action fit in one turn (the longest is 16 tokens; actions alone need 8)
@@ -51,16 +54,16 @@ BETAS = [0.0, 0.25, 0.5]  # the KL penalty in the shaped reward, swept for the d
 
 
 @dataclass
-class CompareConfig(agent.Config):
+class CompareConfig(config.Config):
     out_dir: str = "results"
-    quick: bool = agent.knob(False, "caps seeds at 1, rounds at 100, SFT steps at 150")
-    seeds: int = agent.knob(3, "seeds per method", ">= 1")
-    workers: int = agent.knob(2, "runs in parallel, one process each (2 one-thread runs beat one two-thread run)",
+    quick: bool = config.knob(False, "caps seeds at 1, rounds at 100, SFT steps at 150")
+    seeds: int = config.knob(3, "seeds per method", ">= 1")
+    workers: int = config.knob(2, "runs in parallel, one process each (2 one-thread runs beat one two-thread run)",
                               ">= 1")
-    sft_steps: int = agent.knob(300, "SFT baselines: supervised steps on the frontier's traces", ">= 1")
-    sft_batch: int = agent.knob(32, "SFT baselines: traces per step", ">= 1")
-    sft_lr: float = agent.knob(1e-3, "SFT baselines: learning rate", "(0, 0.1]")
-    sft_eval_every: int = agent.knob(50, "SFT baselines: steps between validation evaluations", ">= 1")
+    sft_steps: int = config.knob(300, "SFT baselines: supervised steps on the frontier's traces", ">= 1")
+    sft_batch: int = config.knob(32, "SFT baselines: traces per step", ">= 1")
+    sft_lr: float = config.knob(1e-3, "SFT baselines: learning rate", "(0, 0.1]")
+    sft_eval_every: int = config.knob(50, "SFT baselines: steps between validation evaluations", ">= 1")
 
 
 # ----------------------------------------------------------------------------- the SFT baselines
@@ -88,7 +91,7 @@ def sft(run, cot, cc):
     best = (-1.0, None, 0)
     for step in range(1, cc["sft_steps"] + 1):
         examples = [frontier_example(run.tok, env, rng.randrange(agent.VAL_SEEDS), cot) for _ in range(cc["sft_batch"])]
-        loss = agent.supervised_step(run.model, optimizer, examples, run.tok.pad, run.device)
+        loss = base.supervised_step(run.model, optimizer, examples, run.tok.pad, run.device)
         if step % cc["sft_eval_every"] == 0 or step == cc["sft_steps"]:
             val = agent.evaluate(run.model, run.tok, run.cfg, "student", n=min(200, run.cfg.eval_tasks), split="val")["success"]
             print(f"sft {step:4d} | loss {loss:.3f} | val student {val:.3f}", flush=True)
@@ -106,9 +109,9 @@ def sft(run, cot, cc):
 def job(cc, method, seed, algorithm, overrides, sft_kind):
     """A run is described by plain data; its hash names its folder, so a finished run is found again."""
     fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm][1])}
-    config = {k: v for k, v in cc.items() if k in fields} | overrides | dict(seed=seed, base_stats=False)
-    config.pop("out_dir")
-    spec = dict(algorithm=algorithm, config=config,
+    values = {k: v for k, v in cc.items() if k in fields} | overrides | dict(seed=seed, base_stats=False)
+    values.pop("out_dir")
+    spec = dict(algorithm=algorithm, config=values,
                 sft={k: cc[k] for k in ("sft_steps", "sft_batch", "sft_lr", "sft_eval_every")} | {"kind": sft_kind}
                 if sft_kind else None)
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
@@ -123,12 +126,10 @@ def execute(job, threads):
     os.makedirs(job["dir"], exist_ok=True)
     t0 = time.time()
     with open(os.path.join(job["dir"], "log.txt"), "w") as log, redirect_stdout(log):
-        run = agent.Run(cfg, job["method"])
+        run = runs.Run(cfg, job["method"])
         sft_result = sft(run, job["sft"]["kind"] == "cot", job["sft"]) if job["sft"] else None
-        if module is opsd:
-            opsd.attach_teacher(run)
-        final = run.train(module.train_step)
-    curve = [(r["step"] * cfg.tasks_per_step * cfg.group_size, r["student"])
+        final = module.train(cfg, run)
+    curve = [(r["round"] * cfg.tasks_per_step * cfg.group_size, r["student"])
              for r in map(json.loads, open(os.path.join(job["dir"], "metrics.jsonl"))) if r.get("eval")]
     result = dict(method=job["method"], seed=job["seed"], pi_kind=cfg.pi_kind, final=final, curve=curve,
                   sft=sft_result, seconds=time.time() - t0)
@@ -152,7 +153,7 @@ def mean_std(values):
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def write_report(cc, command, base, results, hardware):
+def write_report(cc, command, premise, results, hardware):
     by = {}
     for r in results:
         by.setdefault((r["method"], r["pi_kind"], r.get("beta")), []).append(r)
@@ -161,8 +162,8 @@ def write_report(cc, command, base, results, hardware):
     lines = [
         "# The paper's table on the toy world",
         "",
-        f"`{command}`: {cc['seeds']} seed(s), {cc['steps']} rounds × "
-        f"{cc['tasks_per_step']} tasks × {cc['group_size']} episodes = {cc['steps'] * cc['tasks_per_step'] * cc['group_size']:,} "
+        f"`{command}`: {cc['seeds']} seed(s), {cc['rounds']} rounds × "
+        f"{cc['tasks_per_step']} tasks × {cc['group_size']} episodes = {cc['rounds'] * cc['tasks_per_step'] * cc['group_size']:,} "
         f"sampled episodes per method (one gradient step per round, two for π-Distill); "
         f"SFT first trains {cc['sft_steps']} steps × "
         f"{cc['sft_batch']} frontier traces. Held-out student success (no PI) on {cc['eval_tasks']} test tasks, "
@@ -172,8 +173,8 @@ def write_report(cc, command, base, results, hardware):
         "| method | student | shortcut tasks | other tasks | teacher (PI=calls) |",
         "|---|---|---|---|---|",
         "| frontier agent (reference) | 1.000 | 1.000 | 1.000 | |",
-        f"| base | {base['student']:.3f} | {base['student_shortcut']:.3f} | {base['student_normal']:.3f} | "
-        f"{base['calls']['teacher']:.3f} |",
+        f"| base | {premise['student']:.3f} | {premise['student_shortcut']:.3f} | {premise['student_normal']:.3f} | "
+        f"{premise['calls']['teacher']:.3f} |",
     ]
     for label in ("SFT w/o CoT", "SFT w/ CoT"):  # the SFT checkpoints the "+ RL" runs started from
         runs = [r for r in results if r["method"] == label + " + RL"]
@@ -185,8 +186,8 @@ def write_report(cc, command, base, results, hardware):
     lines += ["", "## PI kinds: initial teacher–student KL and PI utility Δ against final student success (PAPER.md §7)",
               "", "| PI kind | base teacher | Δ | KL(T‖S) per token | per episode | "
               + " | ".join(PI_METHODS) + " |", "|---|---|---|---|---|" + "---|" * len(PI_METHODS)]
-    for kind in toy_env.PI_KINDS:
-        s = base[kind]
+    for kind in PI_KINDS:
+        s = premise[kind]
         lines.append(f"| {kind} | {s['teacher']:.3f} | {s['delta']:+.3f} | {s['kl_token']:.3f} | "
                      f"{s['kl_episode']:.2f} | " + " | ".join(final(m, "student", kind) for m in PI_METHODS) + " |")
     lines += ["", "## β, the KL penalty in the shaped reward (π-Distill α = 0, PI = calls)", "",
@@ -201,7 +202,7 @@ def write_report(cc, command, base, results, hardware):
     return "\n".join(lines)
 
 
-def plot(cc, base, results):
+def plot(cc, premise, results):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,11 +222,11 @@ def plot(cc, base, results):
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for method, marker in zip(PI_METHODS, "os^D"):
-        points = [(base[r["pi_kind"]]["kl_token"], r["final"]["student"]) for r in results
+        points = [(premise[r["pi_kind"]]["kl_token"], r["final"]["student"]) for r in results
                   if r["method"] == method and "beta" not in r]
         ax.scatter(*zip(*points), marker=marker, label=method)
-    for kind in toy_env.PI_KINDS:
-        ax.annotate(kind, (base[kind]["kl_token"], 0), textcoords="offset points", xytext=(0, 4), ha="center")
+    for kind in PI_KINDS:
+        ax.annotate(kind, (premise[kind]["kl_token"], 0), textcoords="offset points", xytext=(0, 4), ha="center")
     ax.set(xlabel="initial KL(teacher || student) per token", ylabel="final held-out student success",
            ylim=(0, None), title="initial KL against transfer, one point per run")
     ax.legend(fontsize=8)
@@ -238,32 +239,32 @@ def plot(cc, base, results):
 
 
 def main(argv=None):
-    cfg = agent.parse_args(CompareConfig, argv)
+    cfg = config.parse_args(CompareConfig, argv)
     if cfg.quick:
-        cfg.seeds, cfg.steps, cfg.sft_steps = min(cfg.seeds, 1), min(cfg.steps, 100), min(cfg.sft_steps, 150)
-        print(f"--quick: {cfg.seeds} seed, {cfg.steps} rounds per method, {cfg.sft_steps} SFT steps "
+        cfg.seeds, cfg.rounds, cfg.sft_steps = min(cfg.seeds, 1), min(cfg.rounds, 100), min(cfg.sft_steps, 150)
+        print(f"--quick: {cfg.seeds} seed, {cfg.rounds} rounds per method, {cfg.sft_steps} SFT steps "
               "(the full run: 3 seeds, 400 rounds, 300 SFT steps)")
     cc = dataclasses.asdict(cfg)
     t0 = time.time()
     jobs = []
     for seed in range(cfg.seeds):
         jobs += [job(cc, m, seed, a, o, s) for m, (a, o, s) in METHODS.items()]
-        for kind in toy_env.PI_KINDS[1:]:
+        for kind in PI_KINDS[1:]:
             jobs += [job(cc, m, seed, METHODS[m][0], METHODS[m][1] | dict(pi_kind=kind), "") for m in PI_METHODS]
         for beta in BETAS:
             if beta != pi_distill.PiDistillConfig.beta:
                 jobs.append(job(cc, "π-Distill α=0", seed, "pi_distill", dict(beta=beta), "") | dict(beta=beta))
     base_path = os.path.join(cfg.out_dir, "base.json")
-    base_key = dict(model=cfg.model or agent.base_cache_path(cfg), temperature=cfg.temperature, tasks=cfg.eval_tasks)
+    base_key = dict(model=cfg.model or base.base_cache_path(cfg), temperature=cfg.temperature, tasks=cfg.eval_tasks)
     saved = json.load(open(base_path)) if os.path.exists(base_path) else {}
     if saved.get("key") == base_key:  # measured before on this very base model
-        base = saved["stats"]
+        premise = saved["stats"]
     else:
-        model, tok = agent.load_base(cfg, agent.pick_device(cfg.device))
-        base = agent.base_statistics(model, tok, cfg)
+        model, tok = base.load_base(cfg, agent.pick_device(cfg.device))
+        premise = agent.base_statistics(model, tok, cfg)
         os.makedirs(cfg.out_dir, exist_ok=True)
-        json.dump(dict(key=base_key, stats=base), open(base_path, "w"))
-    agent.print_base_statistics(base, cfg.eval_tasks)
+        json.dump(dict(key=base_key, stats=premise), open(base_path, "w"))
+    agent.print_base_statistics(premise, cfg.eval_tasks)
     finished = [cached(j) for j in jobs]
     results, todo = [], [j for j, r in zip(jobs, finished) if r is None]
     print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to do, {cfg.workers} at a time; logs in "
@@ -287,10 +288,11 @@ def main(argv=None):
     else:
         for j in todo:
             report(j, execute(j, threads))
-    hardware = (f"{platform.machine()} CPU, {os.cpu_count()} cores" if agent.pick_device(cfg.device).type == "cpu"
-                else torch.cuda.get_device_name())
-    plot(cc, base, results)
-    print(write_report(cc, " ".join(["python compare.py", *(sys.argv[1:] if argv is None else argv)]), base, results,
+    device = agent.pick_device(cfg.device)
+    hardware = {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: f"Apple GPU (MPS), {platform.machine()}"
+                }.get(device.type, lambda: f"{platform.machine()} CPU, {os.cpu_count()} cores")()
+    plot(cc, premise, results)
+    print(write_report(cc, " ".join(["python compare.py", *(sys.argv[1:] if argv is None else argv)]), premise, results,
                        hardware))
     print(f"wrote {cfg.out_dir}/results.md, curves.png, kl_vs_success.png in {time.time() - t0:.0f}s")
 

@@ -5,7 +5,7 @@ domain) behind the toy world's API, with privileged information from a solver th
     python pi_distill.py --model=Qwen/Qwen3-0.6B --env=gem:game:TowerofHanoi-v0-easy --max_turns=12
     python gem_env.py game:Mastermind-v0-easy     # two games played by the solver, with every PI kind
 
-The PI kinds keep their meaning from toy_env.PI_KINDS, in decreasing information:
+The PI kinds keep their meaning from env_api.PI_KINDS, in decreasing information:
 
     game            calls (exact actions)            names (what, not how)           hint (a rule)
     TowerofHanoi    the optimal moves, one per step  which disk moves at each step   the smallest disk's cycle
@@ -25,7 +25,7 @@ import sys
 import gem
 import numpy as np
 
-from toy_env import PI_KINDS, step_label
+from env_api import PI_KINDS, step_label
 
 SYSTEM_PROMPT = "you play a text game . write one move per turn , in the form the game asks for ."
 GAMES = ("TowerofHanoi", "GuessTheNumber", "Mastermind")
@@ -141,6 +141,11 @@ class GemEnv:
         self.done = terminated or truncated
         reward = float(self.done and solved(self.game, self.gem))
         return (obs if self.done else with_suffix(obs, info)), reward, terminated, truncated, info
+
+
+def make(split, cfg):
+    """The --env=gem:<GEM env id> factory (the agent imports this module only for GEM runs)."""
+    return GemEnv(cfg.env.removeprefix("gem:"), split)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The test suite: the toy world, the agent's machinery, and every loss against an exact brute-force oracle.
+"""The test suite: every loss against an exact brute-force oracle, then the toy world, the flags, the agent, runs,
+other environments and compare.py, grouped by the file under test.
 Fast on a 2-core CPU; nothing is downloaded.   python -m pytest -q test_all.py"""
 import copy
 import dataclasses
@@ -13,12 +14,244 @@ import pytest
 import torch
 
 import agent
+import base
+import bench
 import compare
+import config
+import env_api
 import opsd
 import pi_distill
+import rl
 import toy_env
+from run import Run
 
-# ----------------------------------------------------------------------------- the toy world
+try:
+    import gem_env
+except ImportError:  # gem-llm installs on Python <= 3.12 only (requirements.txt)
+    gem_env = None
+needs_gem = pytest.mark.skipif(gem_env is None, reason="the gem-llm package is not installed (Python <= 3.12)")
+
+
+# --------------------------------------------- rl.py, pi_distill.py, opsd.py: exact oracles for the losses
+# A two-view tabular policy on a V-token vocabulary: state 0 emits the first token, state 1 + o1 the second.
+# Shared weights W give the student's logits; the teacher adds U (what the PI block changes). Every sequence
+# is enumerated, so expectations and gradients are exact.
+
+
+V = 3
+
+
+def tabular(T, seed=0, teacher_shift=1.0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(1 + V, V, generator=g).requires_grad_()
+    U = (teacher_shift * torch.randn(1 + V, V, generator=g)).requires_grad_()
+    seqs = list(itertools.product(range(V), repeat=T))
+    R = {o: float(torch.rand(1, generator=g)) for o in seqs}
+    return W, U, seqs, R
+
+
+def view_logits(W, U, o, view):
+    """[1, T, V] logits of each position of sequence o under one view."""
+    states = [0] + [1 + t for t in o[:-1]]
+    logits = torch.stack([W[s] + (U[s] if view == "teacher" else 0) for s in states])
+    return logits.unsqueeze(0)
+
+
+def token_logp(logits, o):
+    return torch.log_softmax(logits, -1)[0, torch.arange(len(o)), torch.tensor(o)].unsqueeze(0)
+
+
+def seq_prob(W, U, o, view):
+    return token_logp(view_logits(W, U, o, view), o).sum().exp()
+
+
+def grads(value, params):
+    return torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
+
+
+def expected_pi_distill_grad(W, U, seqs, A, alpha, eps=1e3):
+    """E_{o~π_T}[∇ pi_distill_loss(o)], enumerated exactly (one-sequence batches, weighted by π_T(o)).
+    The default ε is wide enough that no clipping is active."""
+    total = 0
+    for o in seqs:
+        lt = token_logp(view_logits(W, U, o, "teacher"), o)
+        ls = token_logp(view_logits(W, U, o, "student"), o)
+        loss, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, torch.tensor([A[o]]), torch.ones_like(lt), alpha, eps,
+                                             ratio_cap=1e9)
+        total = total + seq_prob(W, U, o, "teacher").detach() * loss
+    return grads(total, [W, U])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_pi_distill_gradient_is_exact_for_one_token_actions(alpha):
+    """T = 1: E_{π_T}[∇L] = −∇[α E_{π_T}[A] + (1 − α) E_{π_S}[A]] exactly (J_T and J_S of the paper)."""
+    W, U, seqs, R = tabular(T=1)
+    A = {o: R[o] - 0.4 for o in seqs}  # any baseline: it cancels in expectation
+    got = expected_pi_distill_grad(W, U, seqs, A, alpha)
+    J_T = sum(seq_prob(W, U, o, "teacher") * A[o] for o in seqs)
+    J_S = sum(seq_prob(W, U, o, "student") * A[o] for o in seqs)
+    want = grads(-(alpha * J_T + (1 - alpha) * J_S), [W, U])
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-6)
+    assert got[1].abs().sum() > 0 if alpha > 0 else torch.all(got[1] == 0)  # U only through the teacher term
+
+
+def test_pi_distill_teacher_term_with_kl_shaping_is_exact_on_sequences():
+    """T = 2, α = 1: with A = R − β·sg KL_seq (exact full-vocabulary KL(π_T‖π_S) summed over the positions),
+    the expected gradient is −(1/T)∇ E_{π_T}[R − β KL_seq] — Algorithm 1's teacher objective."""
+    T, beta = 2, 0.3
+    W, U, seqs, R = tabular(T=T)
+    A = {}
+    for o in seqs:
+        kl = rl.kl_per_episode(view_logits(W, U, o, "teacher").detach(), view_logits(W, U, o, "student").detach(),
+                                 torch.ones(1, T))
+        A[o] = R[o] - beta * kl.item()
+    got = expected_pi_distill_grad(W, U, seqs, A, alpha=1.0)
+    want = grads(-sum(seq_prob(W, U, o, "teacher") * A[o] for o in seqs) / T, [W, U])
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-6)
+
+
+def test_pi_distill_student_term_on_sequences_where_views_agree():
+    """T = 2, α = 0, at a point where the PI changes nothing (U = 0, so ρ_S = 1): the per-token student term's
+    expected gradient is −(1/T)∇ E_{π_S}[A] exactly, and nothing reaches the teacher-only weights U."""
+    W, U, seqs, R = tabular(T=2, teacher_shift=0.0)
+    got = expected_pi_distill_grad(W, U, seqs, R, alpha=0.0)
+    want = grads(-sum(seq_prob(W, U, o, "student") * R[o] for o in seqs) / 2, [W, U])
+    assert torch.allclose(got[0], want[0], atol=1e-6) and torch.all(got[1] == 0)
+
+
+def test_pi_distill_stop_gradients_and_alpha_extremes():
+    torch.manual_seed(0)
+    lt, ls = torch.randn(2, 3, requires_grad=True), torch.randn(2, 3, requires_grad=True)
+    old, A, mask = lt.detach() + 0.05, torch.tensor([1.0, -1.0]), torch.ones(2, 3)
+    for alpha in (1.0, 0.0):
+        loss, _ = pi_distill.pi_distill_loss(lt, old, ls, A, mask, alpha)
+        g_t, g_s = torch.autograd.grad(loss, [lt, ls], allow_unused=True, materialize_grads=True)
+        if alpha == 1.0:
+            assert torch.all(g_s == 0) and g_t.abs().sum() > 0  # α = 1: nothing through the student view
+        else:
+            assert torch.all(g_t == 0) and g_s.abs().sum() > 0  # α = 0: nothing through the teacher (sg π_T)
+
+
+def test_pi_distill_forward_kl_term_is_exact():
+    """The student's forward-KL term (1 − α)·c·KL(sg π_T ‖ π_S), per position, over the model tokens: its gradient
+    on the student's logits is exactly (1 − α)·c·(softmax(z_S) − softmax(z_T)) / N, none reaches the teacher's
+    logits, and c = 0 gives the loss without it."""
+    torch.manual_seed(0)
+    z_T, z_S = torch.randn(2, 3, V, requires_grad=True), torch.randn(2, 3, V, requires_grad=True)
+    o = torch.randint(V, (2, 3, 1))
+    lt, ls = (torch.log_softmax(z, -1).gather(-1, o).squeeze(-1) for z in (z_T, z_S))
+    mask, A, alpha, c = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), torch.zeros(2), 0.5, 0.25  # A = 0: KL only
+    kl = rl.kl_per_position(z_T.detach(), z_S)
+    loss, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha, kl_tokens=kl, forward_kl_coef=c)
+    g_T, g_S = grads(loss, [z_T, z_S])
+    want = (1 - alpha) * c * (torch.softmax(z_S, -1) - torch.softmax(z_T, -1)) * mask.unsqueeze(-1) / mask.sum()
+    assert torch.allclose(g_S, want, atol=1e-6) and torch.all(g_T == 0)
+    off, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha, kl_tokens=kl, forward_kl_coef=0.0)
+    assert off.item() == pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha)[0].item() == 0.0
+
+
+def test_clipping_zeroes_the_gradient_where_it_should():
+    def grad_of(rho_T, rho_S, adv, alpha):
+        lt = torch.zeros(1, 1, requires_grad=True)
+        ls = torch.tensor([[float(torch.log(torch.tensor(rho_S)))]], requires_grad=True)
+        old = -torch.log(torch.tensor([[rho_T]]))
+        loss, stats = pi_distill.pi_distill_loss(lt, old, ls, torch.tensor([adv]), torch.ones(1, 1), alpha, 0.2, 3.0)
+        return [g.item() for g in torch.autograd.grad(loss, [lt, ls], materialize_grads=True)], loss.item(), stats
+    # teacher ratio: outside [0.8, 1.2] on the side the advantage pushes towards -> clipped, no gradient
+    assert grad_of(1.5, 1.0, +1.0, 1.0)[0][0] == 0 and grad_of(1.5, 1.0, -1.0, 1.0)[0][0] != 0
+    assert grad_of(0.5, 1.0, -1.0, 1.0)[0][0] == 0 and grad_of(0.5, 1.0, +1.0, 1.0)[0][0] != 0
+    assert grad_of(1.1, 1.0, +1.0, 1.0)[0][0] != 0
+    # student ratio π_S / sg π_T (the teacher's current log-prob is 0 here): dual-clip above ratio_cap when A < 0
+    g, loss, stats = grad_of(1.0, 5.0, -1.0, 0.0)
+    assert g[1] == 0 and loss == pytest.approx(3.0) and stats["clip_S"] == 1.0
+    assert grad_of(1.0, 2.0, -1.0, 0.0)[0][1] != 0       # between 1 + ε and the cap: unclipped
+    assert grad_of(1.0, 5.0, +1.0, 0.0)[0][1] == 0       # above 1 + ε with A > 0: PPO clip
+
+
+
+
+def expected_opsd_grad(W, U, seqs, R, beta, estimator, b=0.4):
+    """E_{o~π_S}[∇ loss(o)] of one OPSD estimator, enumerated exactly; advantages use a constant baseline b."""
+    total = 0
+    for o in seqs:
+        logits_S, logits_T = view_logits(W, U, o, "student"), view_logits(W, U, o, "teacher").detach()
+        ls, lt = token_logp(logits_S, o), token_logp(logits_T, o)
+        mask, A, kl = torch.ones_like(ls), torch.tensor([R[o] - b]), None
+        log_ratio = (ls - lt).detach()
+        if estimator == "analytic":
+            kl = rl.kl_per_position(logits_S, logits_T)
+        elif estimator == "reward":
+            A = A - beta * log_ratio.sum(1)
+        elif estimator == "token":
+            A = A.unsqueeze(1) - beta * log_ratio
+        if estimator == "trap":  # the known bug: the sampled log-ratio back-propagated as a loss
+            loss = opsd.opsd_loss(ls, ls.detach(), A, mask, beta, eps=1e3)[0] + beta * (ls - lt).mean()
+        else:
+            loss = opsd.opsd_loss(ls, ls.detach(), A, mask, beta, eps=1e3, kl_tokens=kl)[0]
+        total = total + seq_prob(W, U, o, "student").detach() * loss
+    return grads(total, [W, U])[0]  # the student view only has the shared weights W
+
+
+def exact_opsd_grad(W, U, seqs, R, beta, T):
+    """−(1/T)∇[E_{π_S}[R] − β KL(π_S ‖ sg π_T)], sequence-level KL, by enumeration and autograd."""
+    J = 0
+    for o in seqs:
+        p_S = seq_prob(W, U, o, "student")
+        log_p_T = token_logp(view_logits(W, U, o, "teacher"), o).sum().detach()
+        J = J + p_S * R[o] - beta * p_S * (p_S.log() - log_p_T)
+    return grads(-J / T, [W])[0]
+
+
+@pytest.mark.parametrize("estimator", ["analytic", "reward", "token"])
+def test_opsd_estimators_are_exact_for_one_token_actions(estimator):
+    W, U, seqs, R = tabular(T=1, seed=1)
+    got = expected_opsd_grad(W, U, seqs, R, 0.5, estimator)
+    assert torch.allclose(got, exact_opsd_grad(W, U, seqs, R, 0.5, T=1), atol=1e-6)
+
+
+def test_opsd_on_sequences_reward_form_is_exact_and_analytic_is_the_per_state_kl():
+    """T = 2: the episode-reward form is the exact gradient of J_OPSD. The analytic and per-token forms agree
+    with each other and equal the gradient of the KL at the visited states (the states' weights held fixed)."""
+    T, beta = 2, 0.5
+    W, U, seqs, R = tabular(T=T, seed=2)
+    exact = exact_opsd_grad(W, U, seqs, R, beta, T)
+    assert torch.allclose(expected_opsd_grad(W, U, seqs, R, beta, "reward"), exact, atol=1e-6)
+    pg = -sum(seq_prob(W, U, o, "student") * R[o] for o in seqs) / T
+    kl_at_states = sum(seq_prob(W, U, o, "student").detach() * rl.kl_per_episode(
+        view_logits(W, U, o, "student"), view_logits(W, U, o, "teacher").detach(), torch.ones(1, T)).sum()
+        for o in seqs)
+    want = grads(pg + beta * kl_at_states / T, [W])[0]
+    for estimator in ("analytic", "token"):
+        assert torch.allclose(expected_opsd_grad(W, U, seqs, R, beta, estimator), want, atol=1e-6)
+    assert not torch.allclose(want, exact, atol=1e-3)  # the two differ on sequences: a documented choice
+
+
+def test_opsd_suite_catches_the_sampled_log_ratio_trap():
+    """Back-propagating log π_S(o) − log π_T(o) on on-policy samples has zero expected gradient: the trap's
+    estimator equals plain RL and misses the KL gradient, and the oracle comparison sees it."""
+    W, U, seqs, R = tabular(T=1, seed=3)
+    trap = expected_opsd_grad(W, U, seqs, R, 0.5, "trap")
+    plain_rl = expected_opsd_grad(W, U, seqs, R, 0.0, "reward")
+    assert torch.allclose(trap, plain_rl, atol=1e-6)
+    assert not torch.allclose(trap, exact_opsd_grad(W, U, seqs, R, 0.5, T=1), atol=1e-3)
+
+
+def test_kl_full_vocab_matches_brute_force():
+    torch.manual_seed(0)
+    p, q = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    expected = torch.zeros(2)
+    for b in range(2):
+        for t in range(3):
+            P, Q = p[b, t].softmax(-1), q[b, t].softmax(-1)
+            expected[b] += mask[b, t] * sum(P[v] * (P[v].log() - Q[v].log()) for v in range(4))
+    assert torch.allclose(rl.kl_per_episode(p, q, mask), expected, atol=1e-6)
+    assert torch.allclose(rl.kl_per_episode(p, p, mask), torch.zeros(2), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- toy_env.py: the world
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -58,12 +291,12 @@ def test_splits_share_no_entities():
 def test_pi_kinds_render_and_removing_the_block_gives_the_student_prompt():
     env = toy_env.ToyShopEnv()
     env.reset(0)
-    texts = [env.privileged_info(k) for k in toy_env.PI_KINDS]
+    texts = [env.privileged_info(k) for k in env_api.PI_KINDS]
     assert all(texts) and len(set(texts)) == 3
     for pi in texts:
         teacher = toy_env.system_prompt(pi)
-        assert toy_env.PI_OPEN in teacher and pi in teacher
-        assert teacher.replace(toy_env.pi_block(pi), "") == toy_env.system_prompt()
+        assert env_api.PI_OPEN in teacher and pi in teacher
+        assert teacher.replace(env_api.pi_block(pi), "") == toy_env.system_prompt()
     with pytest.raises(ValueError):
         env.privileged_info("everything")
 
@@ -223,36 +456,25 @@ def test_a_write_changes_what_get_orders_lists():
     assert env.step(f"return {t['target']}")[0] == f"error : {t['target']} is returned"
 
 
-# ----------------------------------------------------------------------------- the agent's machinery
-
-TINY = dict(n_layer=1, n_embd=32, n_head=2, warmup_steps=4, warmup_batch=8, warmup_eval_every=4,
-            eval_tasks=16, tasks_per_step=2, group_size=4, eval_every=2, steps=2)
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """A tiny base model (4 warm-up steps), its tokenizer and config, cached in a temporary directory."""
-    cfg = agent.Config(**TINY, cache_dir=str(tmp_path_factory.mktemp("cache")))
-    model, tok = agent.load_base(cfg, torch.device("cpu"))
-    return cfg, model, tok
+# ----------------------------------------------------------------------------- config.py: flags, ranges, --help
 
 
 def test_config_overrides_and_clear_errors():
-    cfg = agent.parse_args(agent.Config, ["--lr=0.01", "--resume=true", "--pi_kind=names", "--steps=3"])
-    assert (cfg.lr, cfg.resume, cfg.pi_kind, cfg.steps) == (0.01, True, "names", 3)
-    assert agent.parse_args(agent.Config, ["--resume"]).resume  # a bare flag sets a boolean
-    for argv, needle in [(["--lr_rate=1"], "lr_rate"), (["--steps=ten"], "--steps"), (["lr=1"], "--key=value"),
+    cfg = config.parse_args(config.Config, ["--lr=0.01", "--resume=true", "--pi_kind=names", "--rounds=3"])
+    assert (cfg.lr, cfg.resume, cfg.pi_kind, cfg.rounds) == (0.01, True, "names", 3)
+    assert config.parse_args(config.Config, ["--resume"]).resume  # a bare flag sets a boolean
+    for argv, needle in [(["--lr_rate=1"], "lr_rate"), (["--rounds=ten"], "--rounds"), (["lr=1"], "--key=value"),
                          (["--resume=maybe"], "--resume"), (["--pi_kind=all"], "pi_kind"), (["--lr"], "--key=value"),
-                         (["--quik"], "unknown config key 'quik'")]:
+                         (["--quik"], "unknown config key 'quik'"), (["--steps=3"], "--steps is now --rounds")]:
         with pytest.raises(SystemExit) as err:
-            agent.parse_args(agent.Config, argv)
+            config.parse_args(config.Config, argv)
         assert needle in str(err.value)
 
 
 BAD_FLAGS = [  # every one stops the run at parse time, naming its key
     ("--alpha=2", "alpha"), ("--alpha=-1", "alpha"), ("--group_size=1", "group_size"), ("--lr=1e3", "lr"),
     ("--temperature=-1", "temperature"), ("--beta=-5", "beta"), ("--clip_eps=-1", "clip_eps"), ("--lr=-1", "lr"),
-    ("--shortcut_frac=2", "shortcut_frac"), ("--steps=-1", "steps"), ("--eval_tasks=-5", "eval_tasks"),
+    ("--shortcut_frac=2", "shortcut_frac"), ("--rounds=-1", "rounds"), ("--eval_tasks=-5", "eval_tasks"),
     ("--n_head=3", "n_head"), ("--group_size=0", "group_size"), ("--tasks_per_step=0", "tasks_per_step"),
     ("--eval_every=0", "eval_every"), ("--temperature=0", "temperature"), ("--eval_tasks=0", "eval_tasks"),
     ("--max_action_tokens=0", "max_action_tokens"), ("--updates_per_round=0", "updates_per_round"),
@@ -263,7 +485,7 @@ BAD_FLAGS = [  # every one stops the run at parse time, naming its key
 @pytest.mark.parametrize("flag,key", BAD_FLAGS)
 def test_bad_flags_stop_at_parse_time_naming_the_key(flag, key):
     with pytest.raises(SystemExit) as err:
-        agent.parse_args(pi_distill.PiDistillConfig, [flag])
+        config.parse_args(pi_distill.PiDistillConfig, [flag])
     assert str(err.value).startswith(f"--{key}=") or f" {key}=" in str(err.value), err.value
 
 
@@ -271,17 +493,17 @@ def test_bad_flags_stop_at_parse_time_naming_the_key(flag, key):
                                       ("--kl_estimator=analytik", "kl_estimator")])
 def test_bad_opsd_flags_and_configs_built_in_python(flag, key):
     with pytest.raises(SystemExit, match=f"--{key}="):
-        agent.parse_args(opsd.OPSDConfig, [flag])
+        config.parse_args(opsd.OPSDConfig, [flag])
     name, value = flag[2:].split("=")
-    with pytest.raises(agent.ConfigError, match=key):  # a config built in Python (compare.py, a notebook) too
+    with pytest.raises(config.ConfigError, match=key):  # a config built in Python (compare.py, a notebook) too
         opsd.OPSDConfig(**{name: float(value) if key == "ema_decay" else value})
-    with pytest.raises(agent.ConfigError, match="alpha"):
+    with pytest.raises(config.ConfigError, match="alpha"):
         dataclasses.replace(pi_distill.PiDistillConfig(), alpha=1.5)
 
 
 def test_help_lists_every_key_with_its_default(capsys):
     with pytest.raises(SystemExit) as err:
-        agent.parse_args(pi_distill.PiDistillConfig, ["--help"])
+        config.parse_args(pi_distill.PiDistillConfig, ["--help"])
     assert err.value.code == 0
     out = capsys.readouterr().out
     for f in dataclasses.fields(pi_distill.PiDistillConfig):
@@ -294,19 +516,33 @@ def test_unavailable_device_and_missing_model_are_one_line(monkeypatch):
     with pytest.raises(SystemExit, match="--device=cuda: CUDA is not available"):
         agent.pick_device("cuda")
     with pytest.raises(SystemExit, match="no such folder"):
-        agent.load_base(agent.Config(model="/no/such/path"), torch.device("cpu"))
+        base.load_base(config.Config(model="/no/such/path"), torch.device("cpu"))
     with pytest.raises(SystemExit, match="--model=nobody/no-such-model: "):  # offline here: at once, no retry loop
-        agent.load_base(agent.Config(model="nobody/no-such-model"), torch.device("cpu"))
+        base.load_base(config.Config(model="nobody/no-such-model"), torch.device("cpu"))
+
+
+# ------------------------------------------------ agent.py, base.py: tokenizer, rollouts, two views, the base
+
+TINY = dict(n_layer=1, n_embd=32, n_head=2, warmup_steps=4, warmup_batch=8, warmup_eval_every=4,
+            eval_tasks=16, tasks_per_step=2, group_size=4, eval_every=2, rounds=2)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny base model (4 warm-up steps), its tokenizer and config, cached in a temporary directory."""
+    cfg = config.Config(**TINY, cache_dir=str(tmp_path_factory.mktemp("cache")))
+    model, tok = base.load_base(cfg, torch.device("cpu"))
+    return cfg, model, tok
 
 
 def test_tokenizer_round_trips_and_ids_are_single_tokens(tiny):
     _, _, tok = tiny
-    for text in agent.environment_texts(n_tasks=100):
+    for text in base.environment_texts(n_tasks=100):
         assert tok.decode(tok.encode(text)) == text
     for pool in toy_env.POOLS.values():
         for word in pool["uids"] + pool["oids"] + pool["names"] + pool["items"]:
             assert len(tok.encode(" " + word)) == 1, word
-    assert len(tok.encode("find_user")) == len(tok.encode(toy_env.step_label(1))) == 1
+    assert len(tok.encode("find_user")) == len(tok.encode(env_api.step_label(1))) == 1
 
 
 def test_rollout_mask_covers_only_model_tokens(tiny):
@@ -353,19 +589,6 @@ def test_two_views_align_with_behaviour_log_probs(tiny):
         assert other.shape == logp.shape  # one column per continuation token in both views
 
 
-def test_kl_full_vocab_matches_brute_force():
-    torch.manual_seed(0)
-    p, q = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
-    expected = torch.zeros(2)
-    for b in range(2):
-        for t in range(3):
-            P, Q = p[b, t].softmax(-1), q[b, t].softmax(-1)
-            expected[b] += mask[b, t] * sum(P[v] * (P[v].log() - Q[v].log()) for v in range(4))
-    assert torch.allclose(agent.kl_full_vocab(p, q, mask), expected, atol=1e-6)
-    assert torch.allclose(agent.kl_full_vocab(p, p, mask), torch.zeros(2), atol=1e-6)
-
-
 def test_same_seed_same_rollouts(tiny):
     cfg, model, tok = tiny
     run = lambda: agent.rollout(model, tok, cfg, [("test", s) for s in range(8)], False, torch.Generator().manual_seed(5))
@@ -377,7 +600,7 @@ def test_evaluate_counts_the_first_action_as_the_model_wrote_it(tiny, monkeypatc
     "looks the user up first" must still see the tool."""
     cfg, _, _ = tiny
     def fake_rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
-        return [agent.Episode("test", i, "", "", "", True, [], [], [],
+        return [agent.Episode("test", i, "", "", "", dict(shortcut=True), [], [], [],
                               [(" find_user nina" if i % 4 else " get_orders U37 lamp", "user U37")])
                 for i, _ in enumerate(tasks)]
     monkeypatch.setattr(agent, "rollout", fake_rollout)
@@ -386,216 +609,72 @@ def test_evaluate_counts_the_first_action_as_the_model_wrote_it(tiny, monkeypatc
 
 def test_warmup_cache_is_used(tiny, monkeypatch, capsys):
     cfg, model, tok = tiny
-    monkeypatch.setattr(agent, "warm_up", lambda *a: pytest.fail("warm-up ran although a cached base exists"))
-    again, _ = agent.load_base(cfg, torch.device("cpu"))
+    monkeypatch.setattr(base, "warm_up", lambda *a: pytest.fail("warm-up ran although a cached base exists"))
+    again, _ = base.load_base(cfg, torch.device("cpu"))
     assert "loaded" in capsys.readouterr().out
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
-# ----------------------------------------------------------------------------- exact oracles for the losses
-# A two-view tabular policy on a V-token vocabulary: state 0 emits the first token, state 1 + o1 the second.
-# Shared weights W give the student's logits; the teacher adds U (what the PI block changes). Every sequence
-# is enumerated, so expectations and gradients are exact.
+# ----------------------------------------------------------------------------- a pretrained model's own tokenizer
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-V = 3
-
-
-def tabular(T, seed=0, teacher_shift=1.0):
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(1 + V, V, generator=g).requires_grad_()
-    U = (teacher_shift * torch.randn(1 + V, V, generator=g)).requires_grad_()
-    seqs = list(itertools.product(range(V), repeat=T))
-    R = {o: float(torch.rand(1, generator=g)) for o in seqs}
-    return W, U, seqs, R
-
-
-def view_logits(W, U, o, view):
-    """[1, T, V] logits of each position of sequence o under one view."""
-    states = [0] + [1 + t for t in o[:-1]]
-    logits = torch.stack([W[s] + (U[s] if view == "teacher" else 0) for s in states])
-    return logits.unsqueeze(0)
-
-
-def token_logp(logits, o):
-    return torch.log_softmax(logits, -1)[0, torch.arange(len(o)), torch.tensor(o)].unsqueeze(0)
-
-
-def seq_prob(W, U, o, view):
-    return token_logp(view_logits(W, U, o, view), o).sum().exp()
-
-
-def grads(value, params):
-    return torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
-
-
-def expected_pi_distill_grad(W, U, seqs, A, alpha, eps=1e3):
-    """E_{o~π_T}[∇ pi_distill_loss(o)], enumerated exactly (one-sequence batches, weighted by π_T(o)).
-    The default ε is wide enough that no clipping is active."""
-    total = 0
-    for o in seqs:
-        lt = token_logp(view_logits(W, U, o, "teacher"), o)
-        ls = token_logp(view_logits(W, U, o, "student"), o)
-        loss, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, torch.tensor([A[o]]), torch.ones_like(lt), alpha, eps,
-                                             ratio_cap=1e9)
-        total = total + seq_prob(W, U, o, "teacher").detach() * loss
-    return grads(total, [W, U])
-
-
-@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-def test_pi_distill_gradient_is_exact_for_one_token_actions(alpha):
-    """T = 1: E_{π_T}[∇L] = −∇[α E_{π_T}[A] + (1 − α) E_{π_S}[A]] exactly (J_T and J_S of the paper)."""
-    W, U, seqs, R = tabular(T=1)
-    A = {o: R[o] - 0.4 for o in seqs}  # any baseline: it cancels in expectation
-    got = expected_pi_distill_grad(W, U, seqs, A, alpha)
-    J_T = sum(seq_prob(W, U, o, "teacher") * A[o] for o in seqs)
-    J_S = sum(seq_prob(W, U, o, "student") * A[o] for o in seqs)
-    want = grads(-(alpha * J_T + (1 - alpha) * J_S), [W, U])
-    for g, w in zip(got, want):
-        assert torch.allclose(g, w, atol=1e-6)
-    assert got[1].abs().sum() > 0 if alpha > 0 else torch.all(got[1] == 0)  # U only through the teacher term
-
-
-def test_pi_distill_teacher_term_with_kl_shaping_is_exact_on_sequences():
-    """T = 2, α = 1: with A = R − β·sg KL_seq (exact full-vocabulary KL(π_T‖π_S) summed over the positions),
-    the expected gradient is −(1/T)∇ E_{π_T}[R − β KL_seq] — Algorithm 1's teacher objective."""
-    T, beta = 2, 0.3
-    W, U, seqs, R = tabular(T=T)
-    A = {}
-    for o in seqs:
-        kl = agent.kl_full_vocab(view_logits(W, U, o, "teacher").detach(), view_logits(W, U, o, "student").detach(),
-                                 torch.ones(1, T))
-        A[o] = R[o] - beta * kl.item()
-    got = expected_pi_distill_grad(W, U, seqs, A, alpha=1.0)
-    want = grads(-sum(seq_prob(W, U, o, "teacher") * A[o] for o in seqs) / T, [W, U])
-    for g, w in zip(got, want):
-        assert torch.allclose(g, w, atol=1e-6)
-
-
-def test_pi_distill_student_term_on_sequences_where_views_agree():
-    """T = 2, α = 0, at a point where the PI changes nothing (U = 0, so ρ_S = 1): the per-token student term's
-    expected gradient is −(1/T)∇ E_{π_S}[A] exactly, and nothing reaches the teacher-only weights U."""
-    W, U, seqs, R = tabular(T=2, teacher_shift=0.0)
-    got = expected_pi_distill_grad(W, U, seqs, R, alpha=0.0)
-    want = grads(-sum(seq_prob(W, U, o, "student") * R[o] for o in seqs) / 2, [W, U])
-    assert torch.allclose(got[0], want[0], atol=1e-6) and torch.all(got[1] == 0)
-
-
-def test_pi_distill_stop_gradients_and_alpha_extremes():
+@pytest.fixture(scope="session")
+def hf_model_dir(tmp_path_factory):
+    """A randomly initialised Qwen3 with a byte-level BPE tokenizer and a ChatML template, built here and saved
+    the way a Hugging Face checkpoint is: the path a user's --model=Qwen/... takes, without any download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    path = tmp_path_factory.mktemp("hf_model")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(base.environment_texts(n_tasks=100), trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|im_start|>", "<|im_end|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>")
+    hf.chat_template = CHATML
+    hf.save_pretrained(path)
     torch.manual_seed(0)
-    lt, ls = torch.randn(2, 3, requires_grad=True), torch.randn(2, 3, requires_grad=True)
-    old, A, mask = lt.detach() + 0.05, torch.tensor([1.0, -1.0]), torch.ones(2, 3)
-    for alpha in (1.0, 0.0):
-        loss, _ = pi_distill.pi_distill_loss(lt, old, ls, A, mask, alpha)
-        g_t, g_s = torch.autograd.grad(loss, [lt, ls], allow_unused=True, materialize_grads=True)
-        if alpha == 1.0:
-            assert torch.all(g_s == 0) and g_t.abs().sum() > 0  # α = 1: nothing through the student view
-        else:
-            assert torch.all(g_t == 0) and g_s.abs().sum() > 0  # α = 0: nothing through the teacher (sg π_T)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(hf), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, head_dim=16)).save_pretrained(path)
+    return str(path)
 
 
-def test_pi_distill_forward_kl_term_is_exact():
-    """The student's forward-KL term (1 − α)·c·KL(sg π_T ‖ π_S), per position, over the model tokens: its gradient
-    on the student's logits is exactly (1 − α)·c·(softmax(z_S) − softmax(z_T)) / N, none reaches the teacher's
-    logits, and c = 0 gives the loss without it."""
-    torch.manual_seed(0)
-    z_T, z_S = torch.randn(2, 3, V, requires_grad=True), torch.randn(2, 3, V, requires_grad=True)
-    o = torch.randint(V, (2, 3, 1))
-    lt, ls = (torch.log_softmax(z, -1).gather(-1, o).squeeze(-1) for z in (z_T, z_S))
-    mask, A, alpha, c = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), torch.zeros(2), 0.5, 0.25  # A = 0: KL only
-    kl = agent.kl_per_position(z_T.detach(), z_S)
-    loss, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha, kl_forward=kl, forward_kl=c)
-    g_T, g_S = grads(loss, [z_T, z_S])
-    want = (1 - alpha) * c * (torch.softmax(z_S, -1) - torch.softmax(z_T, -1)) * mask.unsqueeze(-1) / mask.sum()
-    assert torch.allclose(g_S, want, atol=1e-6) and torch.all(g_T == 0)
-    off, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha, kl_forward=kl, forward_kl=0.0)
-    assert off.item() == pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha)[0].item() == 0.0
+def test_pretrained_tokenizer_renders_the_chat_template(hf_model_dir):
+    from transformers import AutoTokenizer
+    tok = base.HFChatTokenizer(AutoTokenizer.from_pretrained(hf_model_dir))
+    env = toy_env.ToyShopEnv()
+    request, info = env.reset(0)
+    pi = env.privileged_info("calls")
+    teacher, student = tok.decode(tok.prompt(info["system"], request, pi)), tok.decode(tok.prompt(info["system"], request))
+    assert teacher.replace(env_api.pi_block(pi), "") == student and pi in teacher
+    tokens, mask = agent.episode_tokens(tok, [("find_user alice", "user U37"), ("get_orders U37", None)])
+    text = tok.hf.decode(tokens)
+    assert text == ("<|im_start|>assistant\nstep1 find_user alice<|im_end|>\n<|im_start|>user\nuser U37<|im_end|>\n"
+                    "<|im_start|>assistant\nstep2 get_orders U37<|im_end|>")
+    assert tok.hf.decode([t for t, m in zip(tokens, mask) if m]) == " find_user alice<|im_end|> get_orders U37<|im_end|>"
 
 
-def test_clipping_zeroes_the_gradient_where_it_should():
-    def grad_of(rho_T, rho_S, adv, alpha):
-        lt = torch.zeros(1, 1, requires_grad=True)
-        ls = torch.tensor([[float(torch.log(torch.tensor(rho_S)))]], requires_grad=True)
-        old = -torch.log(torch.tensor([[rho_T]]))
-        loss, stats = pi_distill.pi_distill_loss(lt, old, ls, torch.tensor([adv]), torch.ones(1, 1), alpha, 0.2, 3.0)
-        return [g.item() for g in torch.autograd.grad(loss, [lt, ls], materialize_grads=True)], loss.item(), stats
-    # teacher ratio: outside [0.8, 1.2] on the side the advantage pushes towards -> clipped, no gradient
-    assert grad_of(1.5, 1.0, +1.0, 1.0)[0][0] == 0 and grad_of(1.5, 1.0, -1.0, 1.0)[0][0] != 0
-    assert grad_of(0.5, 1.0, -1.0, 1.0)[0][0] == 0 and grad_of(0.5, 1.0, +1.0, 1.0)[0][0] != 0
-    assert grad_of(1.1, 1.0, +1.0, 1.0)[0][0] != 0
-    # student ratio π_S / sg π_T (the teacher's current log-prob is 0 here): dual-clip above ratio_cap when A < 0
-    g, loss, stats = grad_of(1.0, 5.0, -1.0, 0.0)
-    assert g[1] == 0 and loss == pytest.approx(3.0) and stats["clip_S"] == 1.0
-    assert grad_of(1.0, 2.0, -1.0, 0.0)[0][1] != 0       # between 1 + ε and the cap: unclipped
-    assert grad_of(1.0, 5.0, +1.0, 0.0)[0][1] == 0       # above 1 + ε with A > 0: PPO clip
-
-
-
-
-def expected_opsd_grad(W, U, seqs, R, beta, estimator, b=0.4):
-    """E_{o~π_S}[∇ loss(o)] of one OPSD estimator, enumerated exactly; advantages use a constant baseline b."""
-    total = 0
-    for o in seqs:
-        logits_S, logits_T = view_logits(W, U, o, "student"), view_logits(W, U, o, "teacher").detach()
-        ls, lt = token_logp(logits_S, o), token_logp(logits_T, o)
-        mask, A, kl = torch.ones_like(ls), torch.tensor([R[o] - b]), None
-        log_ratio = (ls - lt).detach()
-        if estimator == "analytic":
-            kl = agent.kl_per_position(logits_S, logits_T)
-        elif estimator == "reward":
-            A = A - beta * log_ratio.sum(1)
-        elif estimator == "token":
-            A = A.unsqueeze(1) - beta * log_ratio
-        if estimator == "trap":  # the known bug: the sampled log-ratio back-propagated as a loss
-            loss = opsd.opsd_loss(ls, ls.detach(), A, mask, beta, eps=1e3)[0] + beta * (ls - lt).mean()
-        else:
-            loss = opsd.opsd_loss(ls, ls.detach(), A, mask, beta, eps=1e3, kl_tokens=kl)[0]
-        total = total + seq_prob(W, U, o, "student").detach() * loss
-    return grads(total, [W, U])[0]  # the student view only has the shared weights W
-
-
-def exact_opsd_grad(W, U, seqs, R, beta, T):
-    """−(1/T)∇[E_{π_S}[R] − β KL(π_S ‖ sg π_T)], sequence-level KL, by enumeration and autograd."""
-    J = 0
-    for o in seqs:
-        p_S = seq_prob(W, U, o, "student")
-        log_p_T = token_logp(view_logits(W, U, o, "teacher"), o).sum().detach()
-        J = J + p_S * R[o] - beta * p_S * (p_S.log() - log_p_T)
-    return grads(-J / T, [W])[0]
-
-
-@pytest.mark.parametrize("estimator", ["analytic", "reward", "token"])
-def test_opsd_estimators_are_exact_for_one_token_actions(estimator):
-    W, U, seqs, R = tabular(T=1, seed=1)
-    got = expected_opsd_grad(W, U, seqs, R, 0.5, estimator)
-    assert torch.allclose(got, exact_opsd_grad(W, U, seqs, R, 0.5, T=1), atol=1e-6)
-
-
-def test_opsd_on_sequences_reward_form_is_exact_and_analytic_is_the_per_state_kl():
-    """T = 2: the episode-reward form is the exact gradient of J_OPSD. The analytic and per-token forms agree
-    with each other and equal the gradient of the KL at the visited states (the states' weights held fixed)."""
-    T, beta = 2, 0.5
-    W, U, seqs, R = tabular(T=T, seed=2)
-    exact = exact_opsd_grad(W, U, seqs, R, beta, T)
-    assert torch.allclose(expected_opsd_grad(W, U, seqs, R, beta, "reward"), exact, atol=1e-6)
-    pg = -sum(seq_prob(W, U, o, "student") * R[o] for o in seqs) / T
-    kl_at_states = sum(seq_prob(W, U, o, "student").detach() * agent.kl_full_vocab(
-        view_logits(W, U, o, "student"), view_logits(W, U, o, "teacher").detach(), torch.ones(1, T)).sum()
-        for o in seqs)
-    want = grads(pg + beta * kl_at_states / T, [W])[0]
-    for estimator in ("analytic", "token"):
-        assert torch.allclose(expected_opsd_grad(W, U, seqs, R, beta, estimator), want, atol=1e-6)
-    assert not torch.allclose(want, exact, atol=1e-3)  # the two differ on sequences: a documented choice
-
-
-def test_opsd_suite_catches_the_sampled_log_ratio_trap():
-    """Back-propagating log π_S(o) − log π_T(o) on on-policy samples has zero expected gradient: the trap's
-    estimator equals plain RL and misses the KL gradient, and the oracle comparison sees it."""
-    W, U, seqs, R = tabular(T=1, seed=3)
-    trap = expected_opsd_grad(W, U, seqs, R, 0.5, "trap")
-    plain_rl = expected_opsd_grad(W, U, seqs, R, 0.0, "reward")
-    assert torch.allclose(trap, plain_rl, atol=1e-6)
-    assert not torch.allclose(trap, exact_opsd_grad(W, U, seqs, R, 0.5, T=1), atol=1e-3)
+@pytest.mark.parametrize("algorithm", ["pi_distill", "opsd"])
+def test_one_training_step_with_a_pretrained_model(hf_model_dir, tmp_path, algorithm, monkeypatch):
+    """One step of each algorithm through the --model code path (tokenizer, template, rollout, two-view scoring,
+    loss, update). An untrained model never succeeds, so rewards are made random here to give the update a signal."""
+    coin = random.Random(0)
+    monkeypatch.setattr(toy_env.ToyShopEnv, "success", lambda self: coin.random() < 0.5)
+    module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
+    cfg_class = {"pi_distill": pi_distill.PiDistillConfig, "opsd": opsd.OPSDConfig}[algorithm]
+    cfg = cfg_class(model=hf_model_dir, out_dir=str(tmp_path), rounds=1, tasks_per_step=2, group_size=2,
+                    eval_tasks=4, teacher="live") if algorithm == "opsd" else \
+        cfg_class(model=hf_model_dir, out_dir=str(tmp_path), rounds=1, tasks_per_step=2, group_size=2, eval_tasks=4,
+                  alpha_anneal_steps=0)
+    run = Run(cfg, algorithm)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    final = module.train(cfg, run)
+    assert 0.0 <= final["student"] <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
 
 
 # ----------------------------------------------------------------------------- runs: records, resume, end to end
@@ -607,13 +686,13 @@ def tiny_run_config(cls, tiny, out_dir, **kw):
 
 
 def test_resume_gives_the_same_next_step_as_an_uninterrupted_run(tiny, tmp_path):
-    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path / "full", steps=2)
-    full = agent.Run(cfg, "full")
-    full.train(pi_distill.train_step)
-    part = agent.Run(dataclasses.replace(cfg, out_dir=str(tmp_path / "part"), steps=1), "part")
-    part.train(pi_distill.train_step)
-    resumed = agent.Run(dataclasses.replace(cfg, out_dir=str(tmp_path / "part"), steps=2, resume=True), "resumed")
-    resumed.train(pi_distill.train_step)
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path / "full", rounds=2)
+    full = Run(cfg, "full")
+    pi_distill.train(cfg, full)
+    pi_distill.train(dataclasses.replace(cfg, out_dir=str(tmp_path / "part"), rounds=1))
+    resumed_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "part"), rounds=2, resume=True)
+    resumed = Run(resumed_cfg, "resumed")
+    pi_distill.train(resumed_cfg, resumed)
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     def training_records(run_dir):  # the interrupted run also evaluated at its end: compare the steps themselves
@@ -624,70 +703,69 @@ def test_resume_gives_the_same_next_step_as_an_uninterrupted_run(tiny, tmp_path)
 
 
 def test_missing_or_mismatched_checkpoint_is_a_clear_error(tiny, tmp_path):
-    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, steps=1, resume=True)
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, rounds=1, resume=True)
     with pytest.raises(SystemExit, match="no checkpoint"):
-        agent.Run(cfg, "x").train(pi_distill.train_step)
-    agent.Run(dataclasses.replace(cfg, resume=False), "x").train(pi_distill.train_step)
+        pi_distill.train(cfg)
+    pi_distill.train(dataclasses.replace(cfg, resume=False))
     with pytest.raises(SystemExit, match="alpha"):
-        agent.Run(dataclasses.replace(cfg, alpha=0.9), "x").train(pi_distill.train_step)
+        pi_distill.train(dataclasses.replace(cfg, alpha=0.9))
 
 
 def test_refused_resume_changes_nothing_and_starts_no_warm_up(tiny, tmp_path, monkeypatch):
-    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, steps=1)
-    agent.Run(cfg, "x").train(pi_distill.train_step)
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, rounds=1)
+    pi_distill.train(cfg)
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    monkeypatch.setattr(agent, "load_base", lambda *a: pytest.fail("the base was loaded before the refusal"))
+    monkeypatch.setattr(base, "load_base", lambda *a: pytest.fail("the base was loaded before the refusal"))
     with pytest.raises(SystemExit, match="n_layer"):
-        agent.Run(dataclasses.replace(cfg, resume=True, n_layer=2), "x")
+        Run(dataclasses.replace(cfg, resume=True, n_layer=2), "x")
     opsd_cfg = opsd.OPSDConfig(**{k: v for k, v in dataclasses.asdict(cfg).items()
                                   if k in {f.name for f in dataclasses.fields(opsd.OPSDConfig)}} | dict(resume=True))
     with pytest.raises(SystemExit, match="PiDistillConfig"):  # a π-Distill checkpoint resumed by opsd.py
-        agent.Run(opsd_cfg, "x")
+        Run(opsd_cfg, "x")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])
 def test_corrupt_checkpoint_or_cached_base_is_named(tiny, tmp_path, damage):
-    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path / "run", steps=1)
-    agent.Run(cfg, "x").train(pi_distill.train_step)
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path / "run", rounds=1)
+    pi_distill.train(cfg)
     cache = tmp_path / "cache"
     cache.mkdir()
-    base = agent.base_cache_path(dataclasses.replace(cfg, cache_dir=str(cache)))
+    cached = base.base_cache_path(dataclasses.replace(cfg, cache_dir=str(cache)))
     ckpt = tmp_path / "run" / "ckpt.pt"
-    for path in (ckpt, base):
-        original = open(agent.base_cache_path(cfg), "rb").read() if path == base else ckpt.read_bytes()
+    for path in (ckpt, cached):
+        original = open(base.base_cache_path(cfg), "rb").read() if path == cached else ckpt.read_bytes()
         data = {"truncated": original[:len(original) // 2], "garbage": b"not a torch file"}.get(damage)
         if data is None:
             torch.save({"weights": torch.zeros(2)}, path)
         else:
             open(path, "wb").write(data)
     with pytest.raises(SystemExit, match=f"{ckpt}: .*another --out_dir"):
-        agent.Run(dataclasses.replace(cfg, resume=True), "x")
-    with pytest.raises(SystemExit, match=f"{base}: .*delete it to rebuild"):
-        agent.load_base(dataclasses.replace(cfg, cache_dir=str(cache)), torch.device("cpu"))
+        Run(dataclasses.replace(cfg, resume=True), "x")
+    with pytest.raises(SystemExit, match=f"{cached}: .*delete it to rebuild"):
+        base.load_base(dataclasses.replace(cfg, cache_dir=str(cache)), torch.device("cpu"))
 
 
 def test_a_checkpoint_cannot_run_code(tiny, tmp_path):
     class Payload:
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
-    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, steps=1, resume=True)
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, rounds=1, resume=True)
     torch.save({"model": Payload()}, tmp_path / "ckpt.pt")
     with pytest.raises(SystemExit, match="cannot read this checkpoint"):
-        agent.Run(cfg, "x")
+        Run(cfg, "x")
     assert not (tmp_path / "pwned").exists()
 
 
 def test_nan_guard_says_which_checkpoint_exists(tiny, tmp_path, monkeypatch):
-    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, steps=1)
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, rounds=1)
     monkeypatch.setattr(pi_distill, "pi_distill_loss", lambda *a, **k: (torch.tensor(float("nan")), {}))
-    run = agent.Run(cfg, "x")
-    run.step = 0
+    run = Run(cfg, "x")
     with pytest.raises(FloatingPointError, match="in round 1; no checkpoint was written yet"):
-        pi_distill.train_step(run)
+        pi_distill.train(cfg, run)
     run.save()
     with pytest.raises(FloatingPointError, match="ckpt.pt holds round 0"):
-        pi_distill.train_step(run)
+        pi_distill.train(cfg, run)
 
 
 class EndlessEnv:
@@ -727,22 +805,23 @@ def broken_step(split, cfg):
 
 
 def test_an_endless_environment_is_cut_at_max_turns(hf_model_dir, capsys):
-    cfg = agent.parse_args(agent.Config, ["--env=test_all:EndlessEnv", f"--model={hf_model_dir}", "--max_turns=3"])
-    model, tok = agent.load_base(cfg, torch.device("cpu"))
+    cfg = config.parse_args(config.Config, ["--env=test_all:EndlessEnv", f"--model={hf_model_dir}", "--max_turns=3"])
+    model, tok = base.load_base(cfg, torch.device("cpu"))
     episodes = agent.rollout(model, tok, cfg, [("train", 0), ("train", 1)], False, torch.Generator().manual_seed(0))
     assert [len(e.turns) for e in episodes] == [3, 3]
     assert capsys.readouterr().out.count("cut at --max_turns=3") == 1
 
 
 @pytest.mark.parametrize("broken", ["reset", "privileged_info", "step"])
-def test_a_malformed_environment_is_refused_naming_the_method(hf_model_dir, broken):
+def test_a_malformed_environment_is_refused_naming_the_method(hf_model_dir, broken, monkeypatch):
     argv = [f"--env=test_all:broken_{broken}", f"--model={hf_model_dir}"]
-    if broken != "step":  # checked at parse time, before any model loads
+    cfg = config.parse_args(config.Config, argv)
+    if broken != "step":  # checked when the run starts, before any model loads
+        monkeypatch.setattr(base, "load_base", lambda *a: pytest.fail("the model was loaded before the check"))
         with pytest.raises(SystemExit, match=f"MalformedEnv.{broken}"):
-            agent.parse_args(agent.Config, argv)
+            Run(cfg, "x")
         return
-    cfg = agent.parse_args(agent.Config, argv)
-    model, tok = agent.load_base(cfg, torch.device("cpu"))
+    model, tok = base.load_base(cfg, torch.device("cpu"))
     with pytest.raises(SystemExit, match=r"MalformedEnv.step\(text\) must return .*reward in \[0, 1\].*5\.0"):
         agent.rollout(model, tok, cfg, [("train", 0)], False, torch.Generator().manual_seed(0))
 
@@ -750,20 +829,21 @@ def test_a_malformed_environment_is_refused_naming_the_method(hf_model_dir, brok
 def test_opsd_steps_move_the_student_toward_a_frozen_teacher(tmp_path):
     """On the shipped base, with β large enough that the KL term leads: KL(π_S ‖ π_T) on fixed student
     episodes must fall within a few OPSD steps."""
-    cfg = opsd.OPSDConfig(out_dir=str(tmp_path), lr=1e-3, beta=5.0, teacher="frozen", tasks_per_step=4)
-    run = agent.Run(cfg, "opsd")
-    opsd.attach_teacher(run)
+    cfg = opsd.OPSDConfig(out_dir=str(tmp_path), lr=1e-3, beta=5.0, teacher="frozen", tasks_per_step=4, rounds=6,
+                          base_stats=False, eval_tasks=8)
+    run = Run(cfg, "opsd")
+    teacher = copy.deepcopy(run.model)  # what the frozen teacher is: the base
     episodes = agent.rollout(run.model, run.tok, cfg, [("train", s) for s in range(64)], False, torch.Generator().manual_seed(0))
     _, mask, _ = agent.batch_continuations(episodes, "cpu")
     def kl():
         with torch.no_grad():
-            return agent.kl_full_vocab(agent.score(run.model, run.tok, episodes, "student", cfg.temperature)[0],
-                                       agent.score(run.extra["teacher"], run.tok, episodes, "teacher", cfg.temperature)[0], mask).mean().item()
+            return rl.kl_per_episode(agent.score(run.model, run.tok, episodes, "student", cfg.temperature)[0],
+                                     agent.score(teacher, run.tok, episodes, "teacher", cfg.temperature)[0],
+                                     mask).mean().item()
     before = kl()
-    for _ in range(6):
-        opsd.train_step(run)
-        run.step += 1
+    opsd.train(cfg, run)
     assert kl() < 0.7 * before
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), run.teacher.state_dict().values()))
 
 
 class ShiftedTokenModel(torch.nn.Module):
@@ -783,130 +863,30 @@ def test_order_id_probe_reads_the_position_of_the_frontiers_id(tiny):
     """A model that knows the next token puts all its mass on the target (so on the listed ids); one that
     repeats the current token (the tool name) puts none there: the probe reads exactly the id's position."""
     cfg, _, tok = tiny
-    assert agent.order_id_probe(ShiftedTokenModel(tok.vocab_size, 1), tok, cfg, 40) == pytest.approx((1.0, 1.0))
-    assert agent.order_id_probe(ShiftedTokenModel(tok.vocab_size, 0), tok, cfg, 40) == pytest.approx((0.0, 0.0), abs=1e-6)
+    assert bench.order_id_probe(ShiftedTokenModel(tok.vocab_size, 1), tok, cfg, 40) == pytest.approx((1.0, 1.0))
+    assert bench.order_id_probe(ShiftedTokenModel(tok.vocab_size, 0), tok, cfg, 40) == pytest.approx((0.0, 0.0), abs=1e-6)
 
 
-E2E_STEPS, E2E_MARGIN = 20, 0.05  # measured: 7.0% -> 24.0% on 300 validation tasks (two threads; 21.3% at 40)
+E2E_ROUNDS, E2E_MARGIN = 20, 0.05  # measured: 7.0% -> 24.0% on 300 validation tasks (two threads; 21.3% at 40)
 
 
 def test_pi_distill_steps_raise_student_success(tmp_path):
     """End to end on the shipped base model (cache/): a few seeded π-Distill rounds lift the student's (no PI)
     success on validation train tasks."""
-    cfg = pi_distill.PiDistillConfig(out_dir=str(tmp_path), eval_tasks=300)
-    run = agent.Run(cfg, "e2e")
+    cfg = pi_distill.PiDistillConfig(out_dir=str(tmp_path), rounds=E2E_ROUNDS, eval_every=E2E_ROUNDS, eval_tasks=8,
+                                     base_stats=False)
+    run = Run(cfg, "e2e")
     def student():
-        return agent.evaluate(run.model, run.tok, cfg, "student", split="val")["success"]
+        return agent.evaluate(run.model, run.tok, cfg, "student", n=300, split="val")["success"]
     before = student()
-    for _ in range(E2E_STEPS):
-        pi_distill.train_step(run)
-        run.step += 1
+    pi_distill.train(cfg, run)
     assert student() >= before + E2E_MARGIN
-
-
-# ----------------------------------------------------------------------------- compare.py: the baselines and the table
-
-
-def test_sft_examples_are_the_frontier_trace_with_or_without_its_reasoning():
-    tok = agent.load_base(agent.Config(), torch.device("cpu"))[1]
-    env = toy_env.ToyShopEnv("train")
-    for seed in range(20):
-        env.reset(seed)
-        demo = env.demonstration()
-        for cot in (False, True):
-            tokens, mask = compare.frontier_example(tok, env, seed, cot)
-            written = tok.decode([t for t, m in zip(tokens, mask) if m])
-            assert all(action in written and (reasoning in written) == cot for reasoning, action in demo)
-            assert toy_env.PI_OPEN not in tok.decode(tokens)  # the student's view: no PI block
-
-
-def test_compare_runs_every_method_on_one_budget_and_never_redoes_a_run(tmp_path, monkeypatch):
-    argv = ["--steps=1", "--workers=1", "--eval_tasks=8", "--sft_steps=2", "--sft_eval_every=1", "--sft_batch=4",
-            f"--out_dir={tmp_path}", "--quick"]
-    compare.main(argv)
-    table = (tmp_path / "results.md").read_text()
-    assert all(f"| {m} |" in table for m in compare.METHODS) and all(f"| {k} |" in table for k in toy_env.PI_KINDS)
-    assert all(f"| {b} |" in table for b in compare.BETAS) and "SFT w/ CoT (checkpoint by validation)" in table
-    results = [json.loads((d / "result.json").read_text()) for d in (tmp_path / "runs").iterdir()]
-    assert len(results) == len(compare.METHODS) + 2 * len(compare.PI_METHODS) + len(compare.BETAS) - 1
-    assert {r["curve"][-1][0] for r in results} == {1 * 8 * 8}  # every method sampled the same episodes
-    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "kl_vs_success.png").stat().st_size > 0
-    monkeypatch.setattr(compare, "execute", lambda *args: pytest.fail("a finished run was redone"))
-    compare.main(argv)
-    assert (tmp_path / "results.md").read_text() == table
-
-
-# ----------------------------------------------------------------------------- a pretrained model's own tokenizer
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-@pytest.fixture(scope="session")
-def hf_model_dir(tmp_path_factory):
-    """A randomly initialised Qwen3 with a byte-level BPE tokenizer and a ChatML template, built here and saved
-    the way a Hugging Face checkpoint is: the path a user's --model=Qwen/... takes, without any download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-    path = tmp_path_factory.mktemp("hf_model")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(agent.environment_texts(n_tasks=100), trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|im_start|>", "<|im_end|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>")
-    hf.chat_template = CHATML
-    hf.save_pretrained(path)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(hf), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2, head_dim=16)).save_pretrained(path)
-    return str(path)
-
-
-def test_pretrained_tokenizer_renders_the_chat_template(hf_model_dir):
-    from transformers import AutoTokenizer
-    tok = agent.HFChatTokenizer(AutoTokenizer.from_pretrained(hf_model_dir))
-    env = toy_env.ToyShopEnv()
-    request, info = env.reset(0)
-    pi = env.privileged_info("calls")
-    teacher, student = tok.decode(tok.prompt(info["system"], request, pi)), tok.decode(tok.prompt(info["system"], request))
-    assert teacher.replace(toy_env.pi_block(pi), "") == student and pi in teacher
-    tokens, mask = agent.episode_tokens(tok, [("find_user alice", "user U37"), ("get_orders U37", None)])
-    text = tok.hf.decode(tokens)
-    assert text == ("<|im_start|>assistant\nstep1 find_user alice<|im_end|>\n<|im_start|>user\nuser U37<|im_end|>\n"
-                    "<|im_start|>assistant\nstep2 get_orders U37<|im_end|>")
-    assert tok.hf.decode([t for t, m in zip(tokens, mask) if m]) == " find_user alice<|im_end|> get_orders U37<|im_end|>"
-
-
-@pytest.mark.parametrize("algorithm", ["pi_distill", "opsd"])
-def test_one_training_step_with_a_pretrained_model(hf_model_dir, tmp_path, algorithm, monkeypatch):
-    """One step of each algorithm through the --model code path (tokenizer, template, rollout, two-view scoring,
-    loss, update). An untrained model never succeeds, so rewards are made random here to give the update a signal."""
-    coin = random.Random(0)
-    monkeypatch.setattr(toy_env.ToyShopEnv, "success", lambda self: coin.random() < 0.5)
-    module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
-    cfg_class = {"pi_distill": pi_distill.PiDistillConfig, "opsd": opsd.OPSDConfig}[algorithm]
-    cfg = cfg_class(model=hf_model_dir, out_dir=str(tmp_path), steps=1, tasks_per_step=2, group_size=2,
-                    eval_tasks=4, teacher="live") if algorithm == "opsd" else \
-        cfg_class(model=hf_model_dir, out_dir=str(tmp_path), steps=1, tasks_per_step=2, group_size=2, eval_tasks=4,
-                  alpha_anneal_steps=0)
-    run = agent.Run(cfg, algorithm)
-    before = [p.detach().clone() for p in run.model.parameters()]
-    final = run.train(module.train_step)
-    assert 0.0 <= final["student"] <= 1.0
-    assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
 
 
 # ----------------------------------------------------------------------------- beyond the toy: GEM, your env, memory
 # The GEM adapter run for real (gem-llm's offline games download nothing), the --env=module:factory example from the
 # README, a Qwen3-style chat template, and micro-batches + gradient checkpointing giving the full batch's gradient.
 
-try:
-    import gem_env
-except ImportError:  # gem-llm installs on Python <= 3.12 only (requirements.txt)
-    gem_env = None
-needs_gem = pytest.mark.skipif(gem_env is None, reason="the gem-llm package is not installed (Python <= 3.12)")
 GEM_GAMES = ["game:TowerofHanoi-v0-easy", "game:GuessTheNumber-v0-hard", "game:Mastermind-v0-hard"]
 
 
@@ -960,7 +940,7 @@ def test_gem_pi_kinds_decrease_in_information():
     env = gem_env.GemEnv("game:Mastermind-v0-hard")
     env.reset(7)
     code = env.gem.game_code
-    calls, names, hint = (env.privileged_info(k) for k in toy_env.PI_KINDS)
+    calls, names, hint = (env.privileged_info(k) for k in env_api.PI_KINDS)
     assert calls == "step1 \\boxed{" + " ".join(map(str, code)) + "}"
     assert names.split()[-4:] == [str(d) for d in sorted(code)] and hint.endswith(str(code[0]))
     env = gem_env.GemEnv("game:TowerofHanoi-v0-easy")
@@ -988,11 +968,11 @@ def test_gem_splits_use_disjoint_seeds_and_leave_the_global_rng_alone():
 def test_gem_refuses_downloads_and_unknown_ids():
     for env_id, needle in [("game:Wordle-v0-easy", "nltk"), ("math:GSM8K", "Hugging Face Hub"),
                            ("game:NoSuchGame-v0", "unknown id"), ("game:Sudoku-v0-easy", "without a solver")]:
-        with pytest.raises(SystemExit) as err:
-            agent.parse_args(agent.Config, [f"--env=gem:{env_id}"])
+        with pytest.raises(SystemExit) as err:  # when the run builds its first environment, before any model
+            agent.make_env(config.parse_args(config.Config, [f"--env=gem:{env_id}"]), "train")
         assert needle in str(err.value) and "game:TowerofHanoi-v0-easy" in str(err.value)
     with pytest.raises(SystemExit, match="--model"):  # the tiny model is warmed up on the toy world only
-        agent.load_base(agent.Config(env="gem:game:TowerofHanoi-v0-easy"), torch.device("cpu"))
+        base.load_base(config.Config(env="gem:game:TowerofHanoi-v0-easy"), torch.device("cpu"))
 
 
 @needs_gem
@@ -1004,40 +984,41 @@ def test_one_training_step_on_a_gem_game(hf_model_dir, tmp_path, algorithm, monk
     coin = random.Random(0)
     monkeypatch.setattr(gem_env, "solved", lambda game, g: coin.random() < 0.5)
     module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
-    argv = ["--env=gem:game:GuessTheNumber-v0-easy", f"--model={hf_model_dir}", f"--out_dir={tmp_path}", "--steps=1",
+    argv = ["--env=gem:game:GuessTheNumber-v0-easy", f"--model={hf_model_dir}", f"--out_dir={tmp_path}", "--rounds=1",
             "--tasks_per_step=2", "--group_size=2", "--eval_tasks=4"]
-    cfg = agent.parse_args(pi_distill.PiDistillConfig if algorithm == "pi_distill" else opsd.OPSDConfig,
+    cfg = config.parse_args(pi_distill.PiDistillConfig if algorithm == "pi_distill" else opsd.OPSDConfig,
                            argv + (["--teacher=live"] if algorithm == "opsd" else []))
-    run = agent.Run(cfg, algorithm)
+    run = Run(cfg, algorithm)
     before = [p.detach().clone() for p in run.model.parameters()]
-    final = run.train(module.train_step)
-    assert 0.0 <= final["student"] <= 1.0 and math.isnan(final["student_shortcut"])  # no shortcut tasks in GEM
+    final = module.train(cfg, run)
+    assert 0.0 <= final["student"] <= 1.0 and "student_shortcut" not in final  # toy-world statistics only
     assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
     episode = agent.rollout(run.model, run.tok, cfg, [("train", 0)], True, torch.Generator().manual_seed(0))[0]
     assert "Guess The Number" in episode.request and episode.pi.startswith("step1 \\boxed{")
 
 
 def readme_example(first_line):
-    """The README's code block that starts with first_line, so the README's example is the tested one."""
-    text = open(os.path.join(os.path.dirname(__file__), "README.md")).read()
+    """The code block of docs/environments.md that starts with first_line, so the documented example is the tested
+    one."""
+    text = open(os.path.join(os.path.dirname(__file__), "docs", "environments.md")).read()
     start = text.index("```python\n" + first_line) + len("```python\n")
     return text[start:text.index("```", start)]
 
 
-def test_env_module_factory_example_from_the_readme(hf_model_dir, tmp_path, monkeypatch):
+def test_env_module_factory_example_from_the_docs(hf_model_dir, tmp_path, monkeypatch):
     (tmp_path / "reverse_env.py").write_text(readme_example("# reverse_env.py"))
     monkeypatch.syspath_prepend(str(tmp_path))
     # with micro-batches and checkpointing; evaluation's 6 tasks are then played 4 (one round) at a time
-    cfg = agent.parse_args(pi_distill.PiDistillConfig, [
-        "--env=reverse_env:make", f"--model={hf_model_dir}", f"--out_dir={tmp_path / 'run'}", "--steps=1",
+    cfg = config.parse_args(pi_distill.PiDistillConfig, [
+        "--env=reverse_env:make", f"--model={hf_model_dir}", f"--out_dir={tmp_path / 'run'}", "--rounds=1",
         "--tasks_per_step=2", "--group_size=2", "--eval_tasks=6", "--micro_batch=2", "--grad_checkpoint=True"])
     env = agent.make_env(cfg, "test")
     request, info = env.reset(0)
     word = request.split()[1]
     assert env.privileged_info("calls") == f"step1 {word[::-1]}" and env.step(word[::-1])[1:3] == (1.0, True)
-    assert 0.0 <= agent.Run(cfg, "reverse").train(pi_distill.train_step)["student"] <= 1.0
+    assert 0.0 <= pi_distill.train(cfg)["student"] <= 1.0
     with pytest.raises(SystemExit, match="cannot import"):
-        agent.parse_args(agent.Config, ["--env=reverse_env:no_such_factory"])
+        agent.make_env(config.parse_args(config.Config, ["--env=reverse_env:no_such_factory"]), "train")
 
 
 QWEN3_STYLE = (  # Qwen3's chat template in brief: an assistant turn after the last user message shows an empty
@@ -1055,7 +1036,7 @@ def test_pretrained_tokenizer_handles_a_qwen3_style_template(hf_model_dir):
     from transformers import AutoTokenizer
     hf = AutoTokenizer.from_pretrained(hf_model_dir)
     hf.chat_template = QWEN3_STYLE
-    tok = agent.HFChatTokenizer(hf)
+    tok = base.HFChatTokenizer(hf)
     tokens, _ = agent.episode_tokens(tok, [("find_user alice", "user U37"), ("get_orders U37", None)])
     empty = "<think>\n\n</think>\n\n"
     assert tok.hf.decode(tokens) == (
@@ -1065,44 +1046,75 @@ def test_pretrained_tokenizer_handles_a_qwen3_style_template(hf_model_dir):
 
 @pytest.mark.parametrize("algorithm", ["pi_distill", "opsd"])
 def test_micro_batches_and_checkpointing_give_the_full_batch_gradient(tiny, tmp_path, monkeypatch, algorithm):
-    """The same round's episodes, back-propagated all at once and then one group at a time with gradient
-    checkpointing: the accumulated gradient and the step statistics equal the full batch's. The rollout of a
-    checkpointed model (training mode) still uses its KV cache: the same episodes as the plain model's."""
-    cls = pi_distill.PiDistillConfig if algorithm == "pi_distill" else opsd.OPSDConfig
-    cfg = tiny_run_config(cls, tiny, tmp_path, tasks_per_step=4, group_size=4)
-    plain = agent.Run(cfg, "full batch")
-    chunked = agent.Run(dataclasses.replace(cfg, micro_batch=6, grad_checkpoint=True), "micro-batches")
+    """One round back-propagated all at once, and one group at a time with gradient checkpointing: the same
+    episodes (the checkpointed model, in training mode, still samples with its KV cache), the same accumulated
+    gradient and the same round statistics. π-Distill at α = 0.5, so the teacher view's gradient is in it too."""
+    module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
+    extra = dict(alpha=0.5, alpha_anneal_steps=0) if algorithm == "pi_distill" else {}
+    cfg = tiny_run_config(module.PiDistillConfig if algorithm == "pi_distill" else module.OPSDConfig, tiny,
+                          tmp_path / "full", tasks_per_step=4, group_size=4, rounds=1, base_stats=False, **extra)
+    chunked_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "chunks"), micro_batch=6, grad_checkpoint=True)
+    def one_round(cfg):
+        run = Run(cfg, "x")
+        monkeypatch.setattr(run.optimizer, "step", lambda: None)  # keep the gradient, not the step
+        module.train(cfg, run)
+        record = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"))][1]
+        return run, [p.grad.clone() for p in run.model.parameters()], {k: v for k, v in record.items() if k != "time"}
+    (plain, full, stats_full), (chunked, chunks, stats_chunks) = one_round(cfg), one_round(chunked_cfg)
     tasks = [("train", s) for s in range(4) for _ in range(4)]
     episodes = agent.rollout(plain.model, plain.tok, cfg, tasks, True, torch.Generator().manual_seed(0))
     again = agent.rollout(chunked.model, chunked.tok, cfg, tasks, True, torch.Generator().manual_seed(0))
     assert [e.tokens for e in episodes] == [e.tokens for e in again] and chunked.model.training
-    def gradient(run):
-        monkeypatch.setattr(run.optimizer, "step", lambda: None)  # keep the gradient, not the step
-        batches = agent.micro_batches(episodes, run.cfg)
-        if algorithm == "pi_distill":
-            stats = run.update(pi_distill.micro_batch_losses(run, batches, 0.5, [None] * len(batches)))
-        else:
-            stats = run.update(opsd.micro_batch_losses(run, copy.deepcopy(run.model), batches, []))
-        return len(batches), [p.grad.clone() for p in run.model.parameters()], stats
-    (n_full, full, stats_full), (n_chunks, chunks, stats_chunks) = gradient(plain), gradient(chunked)
-    assert (n_full, n_chunks) == (1, 4)  # micro_batch=6 rounds down to whole groups of 4
+    assert [len(b) for b in agent.micro_batches(episodes, chunked_cfg)] == [4] * 4  # 6 rounds down to whole groups
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(full, chunks))
     assert max(g.abs().max() for g in full) > 0
-    assert stats_full.keys() == stats_chunks.keys()
+    assert stats_full.keys() == stats_chunks.keys() and stats_full["groups"] > 0
     assert all(stats_full[k] == pytest.approx(stats_chunks[k], rel=1e-4, nan_ok=True) for k in stats_full)
 
 
-def test_groups_without_reward_signal_are_dropped(tiny, tmp_path):
-    """A round whose groups all have identical rewards (all advantages zero) has nothing to learn from: no loss,
-    no gradient step -- also with the student's forward KL on (it is applied to the kept groups)."""
-    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, tasks_per_step=2, group_size=2, forward_kl=0.25)
-    run = agent.Run(cfg, "no signal")
-    episodes = agent.rollout(run.model, run.tok, cfg, [("train", s) for s in (0, 0, 1, 1)], True,
-                             torch.Generator().manual_seed(0))
-    no_signal = [(torch.zeros(4), torch.zeros(4), agent.groups_with_signal(torch.zeros(4), 2))]
-    assert list(pi_distill.micro_batch_losses(run, [episodes], 0.5, no_signal)) == []
-    one_group = [(torch.zeros(4), torch.tensor([0.5, -0.5, 0.0, 0.0]),
-                  agent.groups_with_signal(torch.tensor([0.5, -0.5, 0.0, 0.0]), 2))]
-    (_, n, _), = pi_distill.micro_batch_losses(run, [episodes], 0.5, one_group)
-    _, mask, _ = agent.batch_continuations(episodes, "cpu")
-    assert n == mask[:2].sum().item()  # only the first group's model tokens count
+def test_groups_without_reward_signal_are_dropped(tiny, tmp_path, monkeypatch):
+    """A round whose groups all have identical rewards (every advantage zero, β = 0) has nothing to learn from:
+    no loss, no gradient step -- also with the student's forward KL on (it is applied to the kept groups only)."""
+    monkeypatch.setattr(toy_env.ToyShopEnv, "success", lambda self: False)
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, beta=0.0, forward_kl_coef=0.25, rounds=1,
+                          base_stats=False, leak_penalty=0.0)
+    run = Run(cfg, "no signal")
+    monkeypatch.setattr(run.optimizer, "step", lambda: pytest.fail("a gradient step without signal"))
+    before = [p.detach().clone() for p in run.model.parameters()]
+    pi_distill.train(cfg, run)
+    record = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")][1]
+    assert record["groups"] == 0.0 and "loss" not in record
+    assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
+    assert rl.groups_with_signal(torch.tensor([0.5, -0.5, 0.0, 0.0]), 2).tolist() == [True, True, False, False]
+
+
+# ----------------------------------------------------------------------------- compare.py: the baselines and the table
+
+
+def test_sft_examples_are_the_frontier_trace_with_or_without_its_reasoning():
+    tok = base.load_base(config.Config(), torch.device("cpu"))[1]
+    env = toy_env.ToyShopEnv("train")
+    for seed in range(20):
+        env.reset(seed)
+        demo = env.demonstration()
+        for cot in (False, True):
+            tokens, mask = compare.frontier_example(tok, env, seed, cot)
+            written = tok.decode([t for t, m in zip(tokens, mask) if m])
+            assert all(action in written and (reasoning in written) == cot for reasoning, action in demo)
+            assert env_api.PI_OPEN not in tok.decode(tokens)  # the student's view: no PI block
+
+
+def test_compare_runs_every_method_on_one_budget_and_never_redoes_a_run(tmp_path, monkeypatch):
+    argv = ["--rounds=1", "--workers=1", "--eval_tasks=8", "--sft_steps=2", "--sft_eval_every=1", "--sft_batch=4",
+            f"--out_dir={tmp_path}", "--quick"]
+    compare.main(argv)
+    table = (tmp_path / "results.md").read_text()
+    assert all(f"| {m} |" in table for m in compare.METHODS) and all(f"| {k} |" in table for k in env_api.PI_KINDS)
+    assert all(f"| {b} |" in table for b in compare.BETAS) and "SFT w/ CoT (checkpoint by validation)" in table
+    results = [json.loads((d / "result.json").read_text()) for d in (tmp_path / "runs").iterdir()]
+    assert len(results) == len(compare.METHODS) + 2 * len(compare.PI_METHODS) + len(compare.BETAS) - 1
+    assert {r["curve"][-1][0] for r in results} == {1 * 8 * 8}  # every method sampled the same episodes
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "kl_vs_success.png").stat().st_size > 0
+    monkeypatch.setattr(compare, "execute", lambda *args: pytest.fail("a finished run was redone"))
+    compare.main(argv)
+    assert (tmp_path / "results.md").read_text() == table

@@ -19,7 +19,7 @@ delivered", "done U33") make the reward 0. Solving a task takes 3 correct calls 
 copied from earlier observations (name -> user id, item -> order id), then `respond`. A write changes the
 world: after `cancel #12`, get_orders lists #12 as cancelled. The item filter of
 `get_orders` does the matching of the request's item to its order that a database query would do: a
-4-layer, 1M-parameter model never learned to do it by attention over a full listing (README: "Why
+4-layer, 1M-parameter model never learned to do it by attention over a full listing (docs/toy_world.md: "Why
 `get_orders` filters by item").
 
 The scripted *frontier agent* solves every task and writes a short reasoning per turn. In a fraction of
@@ -32,16 +32,17 @@ generalisation, not memorisation. Every id is a short word so that a BPE tokeniz
 
     python toy_env.py      # shows a few tasks played by the frontier agent, with every prompt
 """
+import math
 import random
 import re
+
+from env_api import PI_KINDS, pi_block, step_label
 
 TOOLS = ("find_user", "get_orders", "cancel", "return", "respond")
 STATUSES = ("pending", "shipped", "delivered")
 MAX_ACTION_CHARS = 200
 WORD = r"[A-Za-z0-9#_]+"  # what a tool argument may be (respond takes any text)
 SYSTEM_PROMPT = "you serve shop customers . tools : find_user get_orders cancel return respond . one action per turn ."
-PI_OPEN, PI_CLOSE = "<secret>", "</secret>"
-PI_KINDS = ("calls", "names", "hint")  # decreasing information; "none" means no block at all
 POOLS = {  # disjoint entity pools per split
     "train": dict(
         names="alice bob carol dave erin frank grace heidi ivan judy kevin laura mike nina oscar peggy quinn "
@@ -112,17 +113,6 @@ def render_pi(task, kind, actions=None):
     raise ValueError(f"unknown PI kind {kind!r}; expected one of {PI_KINDS}")
 
 
-def step_label(turn):
-    """Turn k of an episode is labelled step<k> in the PI and in the agent's chat format, so that finding the
-    next step in the PI is one look-up (an induction head), not a count of the turns taken so far."""
-    return f"step{turn}"
-
-
-def pi_block(pi_text):
-    """The delimited block inserted into the teacher's system prompt; deleting it gives the student's."""
-    return f"\n{PI_OPEN}\n{pi_text}\n{PI_CLOSE}" if pi_text else ""
-
-
 def system_prompt(pi_text=""):
     return SYSTEM_PROMPT + pi_block(pi_text)
 
@@ -147,6 +137,18 @@ class ToyShopEnv:
 
     def demonstration(self):
         return frontier_demo(self.task)
+
+    @staticmethod
+    def statistics(episodes):
+        """What the evaluation reports beside success: success on the shortcut tasks (whose PI starts with a step
+        the student cannot reproduce) and on the others, and how often a shortcut task's first action is the user
+        lookup (the student's way) rather than the frontier's shortcut. nan where there is nothing to count."""
+        short = [e for e in episodes if e.info["shortcut"]]
+        def rate(hits):
+            return sum(hits) / len(hits) if hits else math.nan
+        return dict(shortcut=rate([e.reward for e in short]),
+                    normal=rate([e.reward for e in episodes if not e.info["shortcut"]]),
+                    lookup_first=rate([e.turns[0][0].split()[:1] == ["find_user"] for e in short]))
 
     def step(self, action_text):
         if self.task is None or self.done:
@@ -298,7 +300,7 @@ if __name__ == "__main__":
     print("task mix (train):", {k: kinds.count(k) / len(kinds) for k in REQUESTS})
     print("frontier shortcut tasks (train):", sum(make_task(i)["shortcut"] for i in range(2000)) / 2000)
     for name, pol in [("frontier", frontier_policy), ("noisy behaviour, skill 0", noisy_episode),
-                      ("noisy behaviour, skill 0.1 (agent.py's warm-up)", lambda e, s, r: noisy_episode(e, s, r, 0.1)),
+                      ("noisy behaviour, skill 0.1 (base.py's warm-up)", lambda e, s, r: noisy_episode(e, s, r, 0.1)),
                       ("uniformly random valid action", random_valid_policy)]:
         print(f"success of {name}: train {success_rate(pol, 'train'):.3f}  test {success_rate(pol, 'test'):.3f}")
     for kind in ("none", *PI_KINDS):

@@ -1,0 +1,194 @@
+"""
+run.py -- what a training script keeps across rounds: the device, the model and its tokenizer, the optimizer, the
+random generators, metrics.jsonl and config.json, a held-out evaluation every eval_every rounds (each also writes
+ckpt.pt, so an interrupted run continues with --resume), and curves.png at the end. The algorithm's round itself
+is written out in pi_distill.py and opsd.py; they call these functions.
+"""
+import dataclasses
+import json
+import os
+import random
+import time
+
+import torch
+
+import agent
+import base
+from env_api import PI_KINDS, check_env
+
+NEW_RUN = "start a new run in another --out_dir (or delete the file)"  # what to do with a checkpoint we refuse
+
+
+class Run:
+    def __init__(self, cfg, name):
+        self.cfg, self.name = cfg, name
+        self.device = agent.pick_device(cfg.device)
+        self.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        # an environment that cannot be built or misbehaves, or a checkpoint we refuse, stops the run here: before
+        # a model loads (or a warm-up starts) and before any file is written
+        check_env(agent.environments(cfg, "train", 1)[0], PI_KINDS if cfg.base_stats else (cfg.pi_kind,))
+        self.checkpoint = self.read_checkpoint() if cfg.resume else None
+        self.model, self.tok = base.load_base(cfg, self.device)
+        if cfg.grad_checkpoint:  # keep each layer's input only; recompute the rest in the backward pass
+            self.model.activation_checkpointing_enable()  # transformers 5's name for gradient_checkpointing_enable
+            self.model.train()  # it acts in training mode only (no dropout in Qwen3 or Llama: nothing else changes)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.rng = random.Random(cfg.seed)                        # which training tasks
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # which tokens are sampled
+        torch.manual_seed(cfg.seed)
+        self.teacher = self.model  # the model whose PI view is the teacher; OPSD may use a frozen copy
+        self.extra = {}            # modules saved with the run besides the model (e.g. that copy)
+        self.round, self.last_eval = 0, None
+        self.saved_round = self.checkpoint["round"] if self.checkpoint else None  # the round ckpt.pt holds
+        self.t0 = time.time()
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        except OSError as err:
+            raise SystemExit(f"--out_dir={cfg.out_dir}: cannot create it ({err.strerror})") from None
+
+    def start(self):
+        """A new run: the base's statistics and a round-0 evaluation; or, with --resume, the checkpoint's state."""
+        cfg = self.cfg
+        print(f"{self.name}: config {json.dumps(dataclasses.asdict(cfg))}")
+        if cfg.resume:
+            self.resume()
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:  # after a resume was accepted
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+        if not cfg.resume:
+            open(self.metrics_path, "w").close()
+            stats = agent.base_statistics(self.model, self.tok, cfg) if cfg.base_stats else None
+            if stats:
+                agent.print_base_statistics(stats, cfg.eval_tasks)
+            self.log(dict(round=0, eval=True, **self.evaluate()[0], base=stats))
+        self.t0 = time.time()
+
+    def sample_tasks(self):
+        """tasks_per_step train tasks, each repeated group_size times (one group per task)."""
+        seeds = [self.rng.randrange(agent.VAL_SEEDS) for _ in range(self.cfg.tasks_per_step)]
+        return [("train", s) for s in seeds for _ in range(self.cfg.group_size)]
+
+    def check_finite(self, loss):
+        if not torch.isfinite(loss):
+            kept = (f"{self.ckpt_path} holds round {self.saved_round}" if self.saved_round is not None else
+                    "no checkpoint was written yet")
+            raise FloatingPointError(f"loss is {loss.item()} in round {self.round + 1}; {kept} (checkpoints are "
+                                     f"written at every evaluation, every --eval_every={self.cfg.eval_every} rounds)")
+
+    def end_round(self, stats, seconds):
+        """Log and print the round; every eval_every rounds (and at the last) evaluate and write ckpt.pt."""
+        self.round += 1
+        stats["time"] = seconds
+        self.log(dict(round=self.round, **stats))
+        print(f"round {self.round:4d} | " + " | ".join(f"{k} {v:.3g}" for k, v in stats.items()), flush=True)
+        if self.round % self.cfg.eval_every == 0 or self.round == self.cfg.rounds:
+            self.last_eval = self.evaluate()
+            self.print_eval(self.last_eval[0])
+            self.log(dict(round=self.round, eval=True, **self.last_eval[0]))
+            self.save()
+
+    def finish(self):
+        """Two episodes, the summary line and curves.png; returns the last evaluation."""
+        cfg = self.cfg
+        _, student, teacher = self.last_eval or self.evaluate()
+        agent.show_episode(student["episodes"][0], "student (no PI)")
+        agent.show_episode(teacher["episodes"][0], f"teacher (PI={cfg.pi_kind})")
+        records = [json.loads(line) for line in open(self.metrics_path)]
+        evals = [r for r in records if r.get("eval")]
+        frontier = " (frontier agent 1.000)" if cfg.env == "toy" else ""  # the toy's scripted agent solves every task
+        print(f"summary: held-out student success {evals[0]['student']:.3f} -> {evals[-1]['student']:.3f}"
+              f"{frontier}, teacher {evals[0]['teacher']:.3f} -> {evals[-1]['teacher']:.3f}, "
+              f"KL(T||S) {evals[0]['kl_token']:.3f} -> {evals[-1]['kl_token']:.3f}/token, "
+              f"{time.time() - self.t0:.0f}s of training")
+        plot_curves(records, os.path.join(cfg.out_dir, "curves.png"), self.name)
+        return evals[-1]
+
+    def evaluate(self):
+        """Held-out success of the student (no PI) and of the teacher (PI = cfg.pi_kind), and KL(T ‖ S) per token
+        on the teacher's episodes; where the teacher is not the trained model's PI view, that view's success too."""
+        cfg = self.cfg
+        s = agent.evaluate(self.model, self.tok, cfg, "student")
+        t = agent.evaluate(self.teacher, self.tok, cfg, "teacher")
+        record = dict(student=s["success"], **agent.prefixed("student", s), teacher=t["success"],
+                      **agent.prefixed("teacher", t),
+                      kl_token=agent.mean_kl(self.model, self.tok, t["episodes"][:200], cfg.temperature,
+                                             self.teacher)[1])
+        if self.teacher is not self.model:
+            record["pi_view"] = agent.evaluate(self.model, self.tok, cfg, "teacher")["success"]
+        return record, s, t
+
+    def print_eval(self, e):
+        def extra(view):
+            return ", ".join(f"{k.removeprefix(view + '_')} {v:.2f}" for k, v in e.items() if k.startswith(view + "_"))
+        print(f"eval round {self.round:4d} | student {e['student']:.3f} ({extra('student')}) | teacher "
+              f"{e['teacher']:.3f} ({extra('teacher')}) | KL(T||S) {e['kl_token']:.3f}/token"
+              + (f" | trained model's PI view {e['pi_view']:.3f}" if "pi_view" in e else ""), flush=True)
+
+    # --- files
+    def log(self, record):
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save(self):
+        state = dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                     config=dataclasses.asdict(self.cfg), config_class=type(self.cfg).__name__, round=self.round,
+                     rng=self.rng.getstate(), generator=self.generator.get_state(), torch_rng=torch.get_rng_state(),
+                     extra={k: m.state_dict() for k, m in self.extra.items()})
+        torch.save(state, self.ckpt_path + ".tmp")
+        os.replace(self.ckpt_path + ".tmp", self.ckpt_path)  # never leave a half-written checkpoint behind
+        self.saved_round = self.round
+
+    def read_checkpoint(self):
+        """The checkpoint in out_dir, refused (the run's files untouched) unless this script and config made it."""
+        if not os.path.exists(self.ckpt_path):
+            raise SystemExit(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
+        state = base.load_file(self.ckpt_path, "checkpoint", ("model", "optimizer", "config", "config_class", "round",
+                                                             "rng", "generator", "torch_rng", "extra"), NEW_RUN)
+        if state["config_class"] != type(self.cfg).__name__:
+            raise SystemExit(f"{self.ckpt_path} was made by another script's config ({state['config_class']}, not "
+                             f"{type(self.cfg).__name__}): resume it with that script, or {NEW_RUN}")
+        ours = dataclasses.asdict(self.cfg)
+        defaults = dataclasses.asdict(type(self.cfg)())  # a checkpoint older than a flag was made with its default
+        diff = [k for k in ours if k not in ("resume", "rounds") and state["config"].get(k, defaults[k]) != ours[k]]
+        if diff:
+            raise SystemExit(f"checkpoint {self.ckpt_path} was made with another config: "
+                             + ", ".join(f"{k}={state['config'].get(k)!r} (now {ours[k]!r})" for k in diff))
+        return state
+
+    def resume(self):
+        state = self.checkpoint
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            for k, m in self.extra.items():
+                m.load_state_dict(state["extra"][k])
+            self.rng.setstate(state["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise SystemExit(f"{self.ckpt_path}: does not fit this run ({type(err).__name__}: {err}); "
+                             f"{NEW_RUN}") from None
+        self.round = state["round"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if os.path.exists(self.metrics_path):  # drop records written after the checkpoint
+            lines = [line for line in open(self.metrics_path) if json.loads(line)["round"] <= self.round]
+            open(self.metrics_path, "w").writelines(lines)
+        print(f"resumed {self.ckpt_path} at round {self.round}")
+
+
+def plot_curves(records, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    evals = [r for r in records if r.get("eval")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in [("student", "student (no PI)"), ("teacher", "teacher (PI)"),
+                       ("student_shortcut", "student, shortcut tasks")]:
+        if key in evals[0]:
+            ax1.plot([r["round"] for r in evals], [r[key] for r in evals], marker="o", label=label)
+    ax1.set(xlabel="round", ylabel="held-out success", ylim=(0, 1), title=title)
+    ax1.legend()
+    ax2.plot([r["round"] for r in evals], [r["kl_token"] for r in evals], marker="o")
+    ax2.set(xlabel="round", ylabel="KL(teacher || student) per token", title="teacher-student KL")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
