@@ -72,11 +72,16 @@ class Config:
     # training
     rounds: int = knob(400, "training rounds (each samples tasks_per_step x group_size episodes)", ">= 0")
     lr: float = knob(3e-4, "AdamW learning rate", "(0, 0.01]")
+    lr_schedule: str = knob("constant", "constant | cosine (from --lr down to a tenth of it at the last round)",
+                            ("constant", "cosine"))
     tasks_per_step: int = knob(8, "tasks per round", ">= 1")
     group_size: int = knob(8, "episodes per task (a group: advantages are relative to its mean)", ">= 2")
     temperature: float = knob(0.75, "sampling temperature (the paper's); the policy is softmax(logits / T)", "(0, 10]")
     clip_eps: float = knob(0.2, "PPO clip range ε of the importance ratios", "(0, 1)")
     pi_kind: str = knob("calls", "the privileged information: calls | names | hint", PI_KINDS)
+    teacher: str = knob("live", "the teacher view's weights: live (the trained model, the paper) | frozen (a copy of "
+                        "the starting model) | ema (a copy that follows it)", ("live", "frozen", "ema"))
+    ema_decay: float = knob(0.99, "with --teacher=ema: the teacher's decay per round", "[0, 1)")
     eval_every: int = knob(50, "rounds between held-out evaluations (each also writes ckpt.pt)", ">= 1")
     eval_tasks: int = knob(400, "held-out tasks per evaluation", ">= 1")
     # memory, for large models: the same gradient, computed in pieces

@@ -17,7 +17,6 @@ With β = 0 this is plain GRPO on the student: the paper's RL baseline.
     python opsd.py --beta=0        # plain RL
     python opsd.py --teacher=live --out_dir=runs/collapse    # the paper's live teacher: collapses here (docs/experiments.md)
 """
-import copy
 import time
 from dataclasses import dataclass
 
@@ -33,9 +32,7 @@ from run import Run
 class OPSDConfig(config.Config):
     out_dir: str = "runs/opsd"
     beta: float = config.knob(0.5, "weight β of the reverse KL toward the teacher; 0 = plain GRPO", ">= 0")
-    teacher: str = config.knob("frozen", "frozen (the base; no collapse) | live (same weights, the paper) | ema",
-                              ("frozen", "live", "ema"))
-    ema_decay: float = config.knob(0.99, "with --teacher=ema: the teacher's decay per round", "[0, 1)")
+    teacher: str = "frozen"      # a live teacher collapses here (docs/experiments.md)
     kl_estimator: str = config.knob("analytic", "analytic (the paper's loss) | reward | token (see opsd_loss)",
                                    ("analytic", "reward", "token"))
 
@@ -70,8 +67,6 @@ def train(cfg, run=None):
     """Algorithm 2, one round per loop iteration, in the paper's order. run: a Run whose model to start from
     (compare.py fine-tunes it first); by default the base."""
     run = run or Run(cfg, f"OPSD (β={cfg.beta}, {cfg.teacher} teacher)")
-    if cfg.teacher != "live":  # a frozen or EMA teacher starts as a copy of the base; it is saved with the run
-        run.teacher = run.extra["teacher"] = copy.deepcopy(run.model).requires_grad_(False)
     run.start()  # the base's statistics and a round-0 evaluation (or, with --resume, the saved state)
     model, teacher, tok, temp = run.model, run.teacher, run.tok, cfg.temperature
     while run.round < cfg.rounds:
@@ -103,17 +98,17 @@ def train(cfg, run=None):
                 A = A.unsqueeze(1) - cfg.beta * log_ratio
             loss, batch_stats = opsd_loss(logp_student[k], logp_old[k], A[k], mask[k], cfg.beta, cfg.clip_eps,
                                           kl_tokens)
+            H = rl.entropy_per_position(logits_S.detach()[k])  # the student's, on its own tokens
+            batch_stats["entropy_S"] = ((H * mask[k]).sum() / mask[k].sum()).item()
             run.check_finite(loss)
             weight = mask[k].sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
             (loss * weight).backward()
             stats = {key: stats.get(key, 0.0) + weight * value for key, value in batch_stats.items()}
         if stats:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()  # before clipping
             run.optimizer.step()
         if cfg.teacher == "ema":
-            with torch.no_grad():
-                for p_teacher, p in zip(teacher.parameters(), model.parameters()):
-                    p_teacher.lerp_(p, 1 - cfg.ema_decay)
+            rl.ema_update(teacher, model, cfg.ema_decay)
         # 6. log; every eval_every rounds evaluate on held-out tasks and write ckpt.pt
         run.end_round(dict(student_success=R.mean().item(), groups=keep.float().mean().item(), **stats),
                       time.time() - t0)

@@ -36,7 +36,7 @@ from run import Run
 @dataclass
 class PiDistillConfig(config.Config):
     out_dir: str = "runs/pi_distill"
-    rounds: int = 100            # longer runs drift and collapse (docs/experiments.md)
+    rounds: int = 100            # under review: 400 rounds on 2 seeds in docs/experiments.md
     alpha: float = config.knob(0.0, "weight α of the teacher term; 1 = teacher only, 0 = student only", "[0, 1]")
     alpha_anneal_steps: int = config.knob(15, "α grows linearly from 0 over this many rounds (the paper)", ">= 0")
     beta: float = config.knob(0.25, "KL penalty β in the teacher's shaped reward R − β·KL_seq", ">= 0")
@@ -46,6 +46,14 @@ class PiDistillConfig(config.Config):
                                          "equation: β)", ">= 0")
     leak_penalty: float = config.knob(0.1, "reward − this per PI keyword the teacher writes (the paper: 0.1)", ">= 0")
     updates_per_round: int = config.knob(2, "gradient steps on each round of samples (the paper: 2-3)", ">= 1")
+    drop_flat_rewards: bool = config.knob(False, "drop groups whose rewards are all equal before the KL shaping (the "
+                                          "paper drops them on the shaped advantage)")
+
+    def check(self):
+        super().check()
+        if self.teacher != "live" and self.alpha > 0:
+            raise config.ConfigError(f"teacher={self.teacher!r} with alpha={self.alpha}: the teacher term trains the "
+                                     "live PI view, so a frozen or EMA sampler needs alpha=0")
 
 
 LEAK_WORDS = ("secret",)  # the PI block's delimiter word: naming it leaks the PI
@@ -90,11 +98,11 @@ def train(cfg, run=None):
     (compare.py fine-tunes it first); by default the base."""
     run = run or Run(cfg, "π-Distill")
     run.start()  # the base's statistics and a round-0 evaluation (or, with --resume, the saved state)
-    model, tok, temp = run.model, run.tok, cfg.temperature
+    model, teacher, tok, temp = run.model, run.teacher, run.tok, cfg.temperature  # teacher is model unless --teacher
     while run.round < cfg.rounds:
         t0 = time.time()
         # 1. sample G episodes of each task from the teacher view π_T(· | s, I): the PI block in the prompt
-        episodes = agent.rollout(model, tok, cfg, run.sample_tasks(), with_pi=True, generator=run.generator)
+        episodes = agent.rollout(teacher, tok, cfg, run.sample_tasks(), with_pi=True, generator=run.generator)
         R = torch.tensor([e.reward - cfg.leak_penalty * leaks(e) for e in episodes], device=run.device)
         batches = agent.micro_batches(episodes, cfg)  # whole groups; one batch, all episodes, unless --micro_batch
         # model-token masks and the behaviour log-probs log π_T,old(o_t), [B, L] per batch
@@ -103,13 +111,15 @@ def train(cfg, run=None):
         #    at each written position, averaged over the episode's tokens unless --kl_sum (a sum of a few nats would
         #    swamp a 0/1 reward)
         with torch.no_grad():
-            kl = torch.cat([rl.kl_per_episode(agent.score(model, tok, b, "teacher", temp)[0],
+            kl = torch.cat([rl.kl_per_episode(agent.score(teacher, tok, b, "teacher", temp)[0],
                                               agent.score(model, tok, b, "student", temp)[0], m)
                             for b, m in zip(batches, masks)])
         kl_seq = kl if cfg.kl_sum else kl / torch.cat(masks).sum(1).clamp(min=1)
-        # 4. shaped reward R − β·KL_seq and group advantages A; groups with no signal (all A = 0) are dropped
+        # 4. shaped reward R − β·KL_seq and group advantages A; groups with no signal (all A = 0) are dropped, or with
+        #    --drop_flat_rewards those whose rewards are all equal (their A would be β·KL differences alone)
         A = rl.group_advantages(R - cfg.beta * kl_seq, cfg.group_size)
-        keep = rl.groups_with_signal(A, cfg.group_size)
+        keep = rl.groups_with_signal(rl.group_advantages(R, cfg.group_size) if cfg.drop_flat_rewards else A,
+                                     cfg.group_size)
         sizes = [len(b) for b in batches]
         n_tokens = sum(m[k].sum().item() for m, k in zip(masks, keep.split(sizes)))
         alpha = cfg.alpha * min(1.0, (run.round + 1) / cfg.alpha_anneal_steps) if cfg.alpha_anneal_steps else cfg.alpha
@@ -121,18 +131,22 @@ def train(cfg, run=None):
                 if not k.any():
                     continue
                 with torch.no_grad() if alpha == 0 else nullcontext():  # at α = 0, π_T enters only as sg π_T
-                    logits_T, logp_teacher = agent.score(model, tok, b, "teacher", temp)
+                    logits_T, logp_teacher = agent.score(teacher, tok, b, "teacher", temp)
                 logits_S, logp_student = agent.score(model, tok, b, "student", temp)
                 kl_tokens = rl.kl_per_position(logits_T.detach(), logits_S)[k] if cfg.forward_kl_coef else None
                 loss, batch_stats = pi_distill_loss(logp_teacher[k], logp_old[k], logp_student[k], A_b[k], mask[k],
                                                     alpha, cfg.clip_eps, cfg.ratio_cap, kl_tokens, cfg.forward_kl_coef)
+                H = rl.entropy_per_position(logits_S.detach()[k])  # the student's, on the teacher's tokens
+                batch_stats["entropy_S"] = ((H * mask[k]).sum() / mask[k].sum()).item()
                 run.check_finite(loss)
                 weight = mask[k].sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
                 (loss * weight).backward()
                 stats = {key: stats.get(key, 0.0) + weight * value for key, value in batch_stats.items()}
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()  # before clipping
             run.optimizer.step()
         # 6. log; every eval_every rounds evaluate on held-out tasks and write ckpt.pt
+        if cfg.teacher == "ema":
+            rl.ema_update(teacher, model, cfg.ema_decay)
         summary = dict(teacher_success=sum(e.reward for e in episodes) / len(episodes), kl=kl_seq.mean().item())
         summary |= dict(alpha=alpha, groups=keep.float().mean().item(), **stats) if keep.any() else dict(groups=0.0)
         run.end_round(summary, time.time() - t0)

@@ -40,6 +40,20 @@ def kl_per_position(logits_p, logits_q):
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
+def entropy_per_position(logits):
+    """H(p) = −Σ_v p(v) log p(v) at every position: [B, L, V] -> [B, L]. A policy that stops exploring shows it
+    here first."""
+    logp = F.log_softmax(logits, -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
 def kl_per_episode(logits_p, logits_q, mask):
     """Σ_t mask_t · KL(p_t ‖ q_t): the exact KL at every position the model wrote, summed per episode -> [B]."""
     return (kl_per_position(logits_p, logits_q) * mask).sum(-1)
+
+
+@torch.no_grad()
+def ema_update(average, model, decay):
+    """θ_avg ← decay · θ_avg + (1 − decay) · θ, parameter by parameter (an EMA teacher follows the model)."""
+    for p_avg, p in zip(average.parameters(), model.parameters()):
+        p_avg.lerp_(p, 1 - decay)

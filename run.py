@@ -4,8 +4,10 @@ random generators, metrics.jsonl and config.json, a held-out evaluation every ev
 ckpt.pt, so an interrupted run continues with --resume), and curves.png at the end. The algorithm's round itself
 is written out in pi_distill.py and opsd.py; they call these functions.
 """
+import copy
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -37,7 +39,7 @@ class Run:
         self.rng = random.Random(cfg.seed)                        # which training tasks
         self.generator = torch.Generator().manual_seed(cfg.seed)  # which tokens are sampled
         torch.manual_seed(cfg.seed)
-        self.teacher = self.model  # the model whose PI view is the teacher; OPSD may use a frozen copy
+        self.teacher = self.model  # the model whose PI view is the teacher; start() copies it unless --teacher=live
         self.extra = {}            # modules saved with the run besides the model (e.g. that copy)
         self.round, self.last_eval = 0, None
         self.saved_round = self.checkpoint["round"] if self.checkpoint else None  # the round ckpt.pt holds
@@ -51,6 +53,8 @@ class Run:
         """A new run: the base's statistics and a round-0 evaluation; or, with --resume, the checkpoint's state."""
         cfg = self.cfg
         print(f"{self.name}: config {json.dumps(dataclasses.asdict(cfg))}")
+        if cfg.teacher != "live":  # a frozen or EMA teacher starts as a copy of this model; it is saved with the run
+            self.teacher = self.extra["teacher"] = copy.deepcopy(self.model).requires_grad_(False)
         if cfg.resume:
             self.resume()
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:  # after a resume was accepted
@@ -61,7 +65,15 @@ class Run:
             if stats:
                 agent.print_base_statistics(stats, cfg.eval_tasks)
             self.log(dict(round=0, eval=True, **self.evaluate()[0], base=stats))
+        self.set_lr()
         self.t0 = time.time()
+
+    def set_lr(self):
+        """The learning rate of the next round: --lr, or with --lr_schedule=cosine a cosine from --lr to --lr/10."""
+        cfg, frac = self.cfg, self.round / max(1, self.cfg.rounds - 1)
+        lr = cfg.lr if cfg.lr_schedule == "constant" else cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def sample_tasks(self):
         """tasks_per_step train tasks, each repeated group_size times (one group per task)."""
@@ -78,6 +90,7 @@ class Run:
     def end_round(self, stats, seconds):
         """Log and print the round; every eval_every rounds (and at the last) evaluate and write ckpt.pt."""
         self.round += 1
+        self.set_lr()
         stats["time"] = seconds
         self.log(dict(round=self.round, **stats))
         print(f"round {self.round:4d} | " + " | ".join(f"{k} {v:.3g}" for k, v in stats.items()), flush=True)
@@ -105,11 +118,15 @@ class Run:
 
     def evaluate(self):
         """Held-out success of the student (no PI) and of the teacher (PI = cfg.pi_kind), and KL(T ‖ S) per token
-        on the teacher's episodes; where the teacher is not the trained model's PI view, that view's success too."""
+        on the teacher's episodes; where the teacher is not the trained model's PI view, that view's success too.
+        val: the student's success on validation tasks (train-pool tasks never sampled in training), for choosing
+        settings or checkpoints without looking at the held-out figures."""
         cfg = self.cfg
         s = agent.evaluate(self.model, self.tok, cfg, "student")
         t = agent.evaluate(self.teacher, self.tok, cfg, "teacher")
-        record = dict(student=s["success"], **agent.prefixed("student", s), teacher=t["success"],
+        record = dict(student=s["success"], **agent.prefixed("student", s),
+                      val=agent.evaluate(self.model, self.tok, cfg, "student", split="val")["success"],
+                      teacher=t["success"],
                       **agent.prefixed("teacher", t),
                       kl_token=agent.mean_kl(self.model, self.tok, t["episodes"][:200], cfg.temperature,
                                              self.teacher)[1])
@@ -120,7 +137,7 @@ class Run:
     def print_eval(self, e):
         def extra(view):
             return ", ".join(f"{k.removeprefix(view + '_')} {v:.2f}" for k, v in e.items() if k.startswith(view + "_"))
-        print(f"eval round {self.round:4d} | student {e['student']:.3f} ({extra('student')}) | teacher "
+        print(f"eval round {self.round:4d} | student {e['student']:.3f} ({extra('student')}) | val {e['val']:.3f} | teacher "
               f"{e['teacher']:.3f} ({extra('teacher')}) | KL(T||S) {e['kl_token']:.3f}/token"
               + (f" | trained model's PI view {e['pi_view']:.3f}" if "pi_view" in e else ""), flush=True)
 

@@ -251,6 +251,18 @@ def test_kl_full_vocab_matches_brute_force():
     assert torch.allclose(rl.kl_per_episode(p, p, mask), torch.zeros(2), atol=1e-6)
 
 
+def test_entropy_and_ema_match_brute_force():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5)
+    expected = torch.tensor([[-sum(p * p.log() for p in logits[b, t].softmax(-1)) for t in range(3)] for b in range(2)])
+    assert torch.allclose(rl.entropy_per_position(logits), expected, atol=1e-6)
+    assert torch.allclose(rl.entropy_per_position(torch.zeros(1, 1, 5)), torch.tensor([[math.log(5)]]), atol=1e-6)
+    average, model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = [0.9 * a + 0.1 * m for a, m in zip(average.parameters(), model.parameters())]
+    rl.ema_update(average, model, 0.9)
+    assert all(torch.allclose(a, e) for a, e in zip(average.parameters(), expected))
+
+
 # ----------------------------------------------------------------------------- toy_env.py: the world
 
 
@@ -499,6 +511,8 @@ def test_bad_opsd_flags_and_configs_built_in_python(flag, key):
         opsd.OPSDConfig(**{name: float(value) if key == "ema_decay" else value})
     with pytest.raises(config.ConfigError, match="alpha"):
         dataclasses.replace(pi_distill.PiDistillConfig(), alpha=1.5)
+    with pytest.raises(SystemExit, match="needs alpha=0"):  # nothing would train the sampler's PI view
+        config.parse_args(pi_distill.PiDistillConfig, ["--teacher=frozen", "--alpha=0.5"])
 
 
 def test_help_lists_every_key_with_its_default(capsys):
@@ -605,6 +619,19 @@ def test_evaluate_counts_the_first_action_as_the_model_wrote_it(tiny, monkeypatc
                 for i, _ in enumerate(tasks)]
     monkeypatch.setattr(agent, "rollout", fake_rollout)
     assert agent.evaluate(None, None, cfg, n=8)["lookup_first"] == 0.75
+
+
+def test_held_out_episodes_naming_training_pool_entities_are_counted(tiny, monkeypatch):
+    """train_pool: the share of held-out episodes that write a name, item or id of the training pool (ids of
+    the training pool in a test task are memorised, never read); nan on training tasks, where they belong."""
+    cfg, _, _ = tiny
+    actions = [" get_orders U37 lamp", " find_user nina", " respond done U21", " find_user edgar"]
+    def fake_rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
+        return [agent.Episode(split, i, "", "", "", dict(shortcut=False), [], [], [],
+                              [(actions[i % 4], "error"), (" respond done", "bye")]) for i, (split, _) in enumerate(tasks)]
+    monkeypatch.setattr(agent, "rollout", fake_rollout)
+    assert agent.evaluate(None, None, cfg, n=8)["train_pool"] == 0.75
+    assert math.isnan(agent.evaluate(None, None, cfg, n=8, split="val")["train_pool"])
 
 
 def test_warmup_cache_is_used(tiny, monkeypatch, capsys):
@@ -1086,6 +1113,37 @@ def test_groups_without_reward_signal_are_dropped(tiny, tmp_path, monkeypatch):
     assert record["groups"] == 0.0 and "loss" not in record
     assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
     assert rl.groups_with_signal(torch.tensor([0.5, -0.5, 0.0, 0.0]), 2).tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("drop_flat_rewards", [False, True])
+def test_flat_reward_groups_train_on_kl_differences_unless_dropped(tiny, tmp_path, monkeypatch, drop_flat_rewards):
+    """With β > 0 and every reward 0, the shaped advantages are −β·KL differences: the paper's rule keeps those
+    groups (a gradient step on the KL alone); --drop_flat_rewards drops them."""
+    monkeypatch.setattr(toy_env.ToyShopEnv, "success", lambda self: False)
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, beta=0.25, rounds=1, base_stats=False,
+                          leak_penalty=0.0, drop_flat_rewards=drop_flat_rewards)
+    run = Run(cfg, "flat rewards")
+    steps = []
+    monkeypatch.setattr(run.optimizer, "step", lambda: steps.append(1))
+    pi_distill.train(cfg, run)
+    assert len(steps) == (0 if drop_flat_rewards else cfg.updates_per_round)
+
+
+def test_pi_distill_with_a_frozen_teacher_samples_from_it_and_never_changes_it(tiny, tmp_path, monkeypatch):
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, teacher="frozen", rounds=2, base_stats=False)
+    run = Run(cfg, "frozen teacher")
+    samplers = []
+    rollout = agent.rollout
+    def spy(model, tok, cfg, tasks, with_pi, *a, **k):
+        if tasks[0][0] == "train" and with_pi:  # a round's samples (evaluations: test tasks, or val ones without PI)
+            samplers.append(model)
+        return rollout(model, tok, cfg, tasks, with_pi, *a, **k)
+    monkeypatch.setattr(agent, "rollout", spy)
+    base_weights = copy.deepcopy(run.model.state_dict())
+    pi_distill.train(cfg, run)
+    assert run.teacher is not run.model and samplers == [run.teacher] * 2  # both rounds sampled from the copy
+    assert all(torch.equal(p, base_weights[n]) for n, p in run.teacher.state_dict().items())
+    assert any(not torch.equal(p, base_weights[n]) for n, p in run.model.state_dict().items())  # the student trained
 
 
 # ----------------------------------------------------------------------------- compare.py: the baselines and the table

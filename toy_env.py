@@ -55,6 +55,7 @@ POOLS = {  # disjoint entity pools per split
         items="radio camera printer speaker monitor jacket helmet tent".split(),
         uids=[f"U{n}" for n in range(60, 100)], oids=[f"#{n}" for n in range(60, 100)]),
 }
+TRAIN_ENTITIES = {w for key in ("names", "items", "uids", "oids") for w in POOLS["train"][key]}
 REQUESTS = {
     "cancel": "i am {name} . please cancel my {item} order .",
     "return": "i am {name} . i want to return my {item} .",
@@ -141,14 +142,19 @@ class ToyShopEnv:
     @staticmethod
     def statistics(episodes):
         """What the evaluation reports beside success: success on the shortcut tasks (whose PI starts with a step
-        the student cannot reproduce) and on the others, and how often a shortcut task's first action is the user
-        lookup (the student's way) rather than the frontier's shortcut. nan where there is nothing to count."""
+        the student cannot reproduce) and on the others, how often a shortcut task's first action is the user
+        lookup (the student's way) rather than the frontier's shortcut, and, on held-out tasks, the share of
+        episodes whose actions name an entity of the training pool: memorised, never read in this task (a
+        collapsing policy writes them). nan where there is nothing to count."""
         short = [e for e in episodes if e.info["shortcut"]]
         def rate(hits):
             return sum(hits) / len(hits) if hits else math.nan
+        held_out = [e for e in episodes if e.split != "train"]
         return dict(shortcut=rate([e.reward for e in short]),
                     normal=rate([e.reward for e in episodes if not e.info["shortcut"]]),
-                    lookup_first=rate([e.turns[0][0].split()[:1] == ["find_user"] for e in short]))
+                    lookup_first=rate([e.turns[0][0].split()[:1] == ["find_user"] for e in short]),
+                    train_pool=rate([any(w in TRAIN_ENTITIES for text, _ in e.turns for w in text.split())
+                                     for e in held_out]))
 
     def step(self, action_text):
         if self.task is None or self.done:
