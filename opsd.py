@@ -98,8 +98,7 @@ def train(cfg, run=None):
                 A = A.unsqueeze(1) - cfg.beta * log_ratio
             loss, batch_stats = opsd_loss(logp_student[k], logp_old[k], A[k], mask[k], cfg.beta, cfg.clip_eps,
                                           kl_tokens)
-            H = rl.entropy_per_position(logits_S.detach()[k])  # the student's, on its own tokens
-            batch_stats["entropy_S"] = ((H * mask[k]).sum() / mask[k].sum()).item()
+            batch_stats["entropy_S"] = rl.mean_entropy(logits_S[k], mask[k])  # the student's, on its own tokens
             run.check_finite(loss)
             weight = mask[k].sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
             (loss * weight).backward()

@@ -136,8 +136,7 @@ def train(cfg, run=None):
                 kl_tokens = rl.kl_per_position(logits_T.detach(), logits_S)[k] if cfg.forward_kl_coef else None
                 loss, batch_stats = pi_distill_loss(logp_teacher[k], logp_old[k], logp_student[k], A_b[k], mask[k],
                                                     alpha, cfg.clip_eps, cfg.ratio_cap, kl_tokens, cfg.forward_kl_coef)
-                H = rl.entropy_per_position(logits_S.detach()[k])  # the student's, on the teacher's tokens
-                batch_stats["entropy_S"] = ((H * mask[k]).sum() / mask[k].sum()).item()
+                batch_stats["entropy_S"] = rl.mean_entropy(logits_S[k], mask[k])  # the student's, on π_T's tokens
                 run.check_finite(loss)
                 weight = mask[k].sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
                 (loss * weight).backward()

@@ -47,6 +47,11 @@ def entropy_per_position(logits):
     return -(logp.exp() * logp).sum(-1)
 
 
+def mean_entropy(logits, mask):
+    """The entropy averaged over the written positions: Σ_t mask_t H_t / Σ_t mask_t, a float (a logged statistic)."""
+    return ((entropy_per_position(logits.detach()) * mask).sum() / mask.sum().clamp(min=1)).item()
+
+
 def kl_per_episode(logits_p, logits_q, mask):
     """Σ_t mask_t · KL(p_t ‖ q_t): the exact KL at every position the model wrote, summed per episode -> [B]."""
     return (kl_per_position(logits_p, logits_q) * mask).sum(-1)

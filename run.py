@@ -70,8 +70,8 @@ class Run:
 
     def set_lr(self):
         """The learning rate of the next round: --lr, or with --lr_schedule=cosine a cosine from --lr to --lr/10."""
-        cfg, frac = self.cfg, self.round / max(1, self.cfg.rounds - 1)
-        lr = cfg.lr if cfg.lr_schedule == "constant" else cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        cfg, frac = self.cfg, min(1.0, self.round / max(1, self.cfg.rounds - 1))
+        lr = cfg.lr if cfg.lr_schedule == "constant" else cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -137,8 +137,8 @@ class Run:
     def print_eval(self, e):
         def extra(view):
             return ", ".join(f"{k.removeprefix(view + '_')} {v:.2f}" for k, v in e.items() if k.startswith(view + "_"))
-        print(f"eval round {self.round:4d} | student {e['student']:.3f} ({extra('student')}) | val {e['val']:.3f} | teacher "
-              f"{e['teacher']:.3f} ({extra('teacher')}) | KL(T||S) {e['kl_token']:.3f}/token"
+        print(f"eval round {self.round:4d} | student {e['student']:.3f} ({extra('student')}) | val {e['val']:.3f} | "
+              f"teacher {e['teacher']:.3f} ({extra('teacher')}) | KL(T||S) {e['kl_token']:.3f}/token"
               + (f" | trained model's PI view {e['pi_view']:.3f}" if "pi_view" in e else ""), flush=True)
 
     # --- files

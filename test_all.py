@@ -257,6 +257,8 @@ def test_entropy_and_ema_match_brute_force():
     expected = torch.tensor([[-sum(p * p.log() for p in logits[b, t].softmax(-1)) for t in range(3)] for b in range(2)])
     assert torch.allclose(rl.entropy_per_position(logits), expected, atol=1e-6)
     assert torch.allclose(rl.entropy_per_position(torch.zeros(1, 1, 5)), torch.tensor([[math.log(5)]]), atol=1e-6)
+    mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    assert math.isclose(rl.mean_entropy(logits, mask), ((expected * mask).sum() / 3).item(), abs_tol=1e-6)
     average, model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     expected = [0.9 * a + 0.1 * m for a, m in zip(average.parameters(), model.parameters())]
     rl.ema_update(average, model, 0.9)
