@@ -21,6 +21,7 @@ tokens until it wrote nonsense (docs/experiments.md).
     python pi_distill.py                          # the toy world, the defaults below
     python pi_distill.py --alpha=0.5 --pi_kind=names --out_dir=runs/names
 """
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class PiDistillConfig(config.Config):
     updates_per_round: int = config.knob(2, "gradient steps on each round of samples (the paper: 2-3)", ">= 1")
     drop_flat_rewards: bool = config.knob(False, "drop groups whose rewards are all equal before the KL shaping (the "
                                           "paper drops them on the shaped advantage)")
+    student_trust_region: bool = config.knob(False, "clip the student term on π_S,θ / π_S,old with the importance "
+                                             "weight min(π_S,old / π_T,old, ratio_cap), not on π_S / π_T (the paper)")
 
     def check(self):
         super().check()
@@ -60,7 +63,7 @@ LEAK_WORDS = ("secret",)  # the PI block's delimiter word: naming it leaks the P
 
 
 def pi_distill_loss(logp_teacher, logp_teacher_old, logp_student, advantages, mask, alpha, eps=0.2,
-                    ratio_cap=3.0, kl_tokens=None, forward_kl_coef=0.0):
+                    ratio_cap=3.0, kl_tokens=None, forward_kl_coef=0.0, logp_student_old=None):
     """The π-Distill loss on per-token tensors [B, L] of log-probs of the sampled (teacher) tokens:
 
         L = α · L_T + (1 − α) · L_S (+ (1 − α) · c · KL(sg π_T ‖ π_S)),  each a sum over model tokens / N
@@ -74,10 +77,24 @@ def pi_distill_loss(logp_teacher, logp_teacher_old, logp_student, advantages, ma
     its term is capped at ratio_cap·|A| (dual-clip); log-ratios are clamped before exp.
     kl_tokens: optional per-token KL(sg π_T ‖ π_S) [B, L], c = forward_kl_coef (the paper's equation has the
     term, its algorithm not).
+    logp_student_old (--student_trust_region): the student's log-probs at θ_old. L_S then clips the student against
+    its old self, as PPO clips its sampling policy, and weights by the truncated importance ratio of the student to
+    the sampling teacher:
+        L_S = −Σ w · min(r A, clip(r, 1 − ε, 1 + ε) A),   r = π_S,θ(o_t) / π_S,old(o_t),
+        w = min(sg π_S,old(o_t) / π_T,old(o_t), ratio_cap).
+    The same gradient w·A·∇log π_S at θ = θ_old, but the paper's clip on ρ_S = π_S / π_T, a ratio of two
+    different policies that sits outside [1 − ε, 1 + ε] wherever the views disagree, keeps only one sign of A
+    there: tokens the student prefers to the teacher (ρ_S > 1 + ε) can only be pushed down, the others only up,
+    whatever the reward says (test_all.py measures that drift).
     Returns (loss, stats)."""
     n = mask.sum().clamp(min=1)
     loss_T, rho_T, clip_T = rl.clipped_surrogate(logp_teacher, logp_teacher_old, advantages, eps)
-    loss_S, rho_S, clip_S = rl.clipped_surrogate(logp_student, logp_teacher.detach(), advantages, eps, ratio_cap)
+    if logp_student_old is None:
+        loss_S, rho_S, clip_S = rl.clipped_surrogate(logp_student, logp_teacher.detach(), advantages, eps, ratio_cap)
+    else:
+        surrogate, _, clip_S = rl.clipped_surrogate(logp_student, logp_student_old, advantages, eps)
+        loss_S = torch.exp((logp_student_old - logp_teacher_old).clamp(max=math.log(ratio_cap))) * surrogate
+        rho_S = torch.exp((logp_student - logp_teacher).detach().clamp(-20, 20))  # logged: the paper's ratio
     per_token = alpha * loss_T + (1 - alpha) * loss_S
     if kl_tokens is not None and forward_kl_coef > 0:
         per_token = per_token + (1 - alpha) * forward_kl_coef * kl_tokens
@@ -110,10 +127,13 @@ def train(cfg, run=None):
         # 2. score the sampled tokens in both views at θ_old; 3. KL_seq: the exact KL(π_T ‖ π_S) over the vocabulary
         #    at each written position, averaged over the episode's tokens unless --kl_sum (a sum of a few nats would
         #    swamp a 0/1 reward)
+        kl, logps_student_old = [], []  # [B] per batch; log π_S,old(o_t) [B, L] per batch
         with torch.no_grad():
-            kl = torch.cat([rl.kl_per_episode(agent.score(teacher, tok, b, "teacher", temp)[0],
-                                              agent.score(model, tok, b, "student", temp)[0], m)
-                            for b, m in zip(batches, masks)])
+            for b, m in zip(batches, masks):
+                logits_S, logp_S = agent.score(model, tok, b, "student", temp)
+                kl.append(rl.kl_per_episode(agent.score(teacher, tok, b, "teacher", temp)[0], logits_S, m))
+                logps_student_old.append(logp_S)
+        kl = torch.cat(kl)
         kl_seq = kl if cfg.kl_sum else kl / torch.cat(masks).sum(1).clamp(min=1)
         # 4. shaped reward R − β·KL_seq and group advantages A; groups with no signal (all A = 0) are dropped, or with
         #    --drop_flat_rewards those whose rewards are all equal (their A would be β·KL differences alone)
@@ -127,7 +147,8 @@ def train(cfg, run=None):
         for _ in range(cfg.updates_per_round if keep.any() else 0):
             run.optimizer.zero_grad(set_to_none=True)
             stats = {}
-            for b, mask, logp_old, A_b, k in zip(batches, masks, logps_old, A.split(sizes), keep.split(sizes)):
+            for b, mask, logp_old, logp_S_old, A_b, k in zip(batches, masks, logps_old, logps_student_old,
+                                                               A.split(sizes), keep.split(sizes)):
                 if not k.any():
                     continue
                 with torch.no_grad() if alpha == 0 else nullcontext():  # at α = 0, π_T enters only as sg π_T
@@ -135,7 +156,8 @@ def train(cfg, run=None):
                 logits_S, logp_student = agent.score(model, tok, b, "student", temp)
                 kl_tokens = rl.kl_per_position(logits_T.detach(), logits_S)[k] if cfg.forward_kl_coef else None
                 loss, batch_stats = pi_distill_loss(logp_teacher[k], logp_old[k], logp_student[k], A_b[k], mask[k],
-                                                    alpha, cfg.clip_eps, cfg.ratio_cap, kl_tokens, cfg.forward_kl_coef)
+                                                    alpha, cfg.clip_eps, cfg.ratio_cap, kl_tokens, cfg.forward_kl_coef,
+                                                    logp_S_old[k] if cfg.student_trust_region else None)
                 batch_stats["entropy_S"] = rl.mean_entropy(logits_S[k], mask[k])  # the student's, on π_T's tokens
                 run.check_finite(loss)
                 weight = mask[k].sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens

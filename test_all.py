@@ -121,6 +121,45 @@ def test_pi_distill_student_term_on_sequences_where_views_agree():
     assert torch.allclose(got[0], want[0], atol=1e-6) and torch.all(got[1] == 0)
 
 
+def expected_student_grad(W, U, seqs, advantages, trust_region, eps=0.2):
+    """E_{o~π_T} E_A[∇ of the α = 0 loss], enumerated: advantages maps each sequence to [(probability, A), ...]."""
+    total = 0
+    for o in seqs:
+        lt = token_logp(view_logits(W, U, o, "teacher"), o)
+        ls = token_logp(view_logits(W, U, o, "student"), o)
+        for p, a in advantages[o]:
+            loss, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, torch.tensor([a]), torch.ones_like(lt), 0.0, eps,
+                                                 ratio_cap=1e9, logp_student_old=ls.detach() if trust_region else None)
+            total = total + p * seq_prob(W, U, o, "teacher").detach() * loss
+    return grads(total, [W, U])
+
+
+def test_pi_distill_student_trust_region_is_exact_importance_sampling():
+    """--student_trust_region at θ = θ_old (T = 1): E_{π_T}[∇L_S] = −∇E_{π_S}[A] exactly, with ε = 0.2 (the clip on
+    π_S,θ / π_S,old is inactive at the first update), where the paper's clip on ρ_S = π_S / π_T is not."""
+    W, U, seqs, R = tabular(T=1)
+    A = {o: [(1.0, R[o] - 0.4)] for o in seqs}
+    want = grads(-sum(seq_prob(W, U, o, "student") * A[o][0][1] for o in seqs), [W, U])
+    got = expected_student_grad(W, U, seqs, A, trust_region=True)
+    assert torch.allclose(got[0], want[0], atol=1e-6) and torch.all(got[1] == 0)
+    paper = expected_student_grad(W, U, seqs, A, trust_region=False)
+    assert not torch.allclose(paper[0], want[0], atol=1e-3)  # the views differ enough for ε = 0.2 to clip
+
+
+def test_pi_distill_clip_on_the_view_ratio_drifts_where_the_reward_says_nothing():
+    """Advantages ±1 with equal probability whatever the token (pure noise): the right expected gradient is 0. The
+    paper's clip on ρ_S = π_S / π_T keeps only A < 0 where ρ_S > 1 + ε and only A > 0 where ρ_S < 1 − ε, so its
+    expected gradient is not 0 and moves the student towards the teacher; the trust-region form's is 0."""
+    W, U, seqs, _ = tabular(T=1)
+    noise = {o: [(0.5, 1.0), (0.5, -1.0)] for o in seqs}
+    assert all(g.abs().max() < 1e-7 for g in expected_student_grad(W, U, seqs, noise, trust_region=True))
+    drift = expected_student_grad(W, U, seqs, noise, trust_region=False)[0]
+    assert drift.abs().max() > 1e-3
+    p_T = torch.softmax(W[0] + U[0], -1).detach()
+    p_S = torch.softmax(W[0], -1).detach()
+    assert torch.dot(torch.softmax(W[0].detach() - drift[0], -1) - p_S, p_T - p_S) > 0  # towards the teacher
+
+
 def test_pi_distill_stop_gradients_and_alpha_extremes():
     torch.manual_seed(0)
     lt, ls = torch.randn(2, 3, requires_grad=True), torch.randn(2, 3, requires_grad=True)

@@ -1,27 +1,38 @@
-"""Held-out student success (solid) and validation success (dotted) against round, for every run saved here.
+"""One panel per setting, one colour per seed: held-out student success (solid), the sampling teacher (dashed).
 
-    python results/stability/plot.py      # -> results/stability/curves.png; each run: <name>/metrics.jsonl
+    python results/stability/plot.py      # -> results/stability/curves.png; each run: <setting>_s<seed>/metrics.jsonl
 """
 import glob
 import json
+import math
 import os
+import re
 
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 here = os.path.dirname(os.path.abspath(__file__))
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+runs = {}
 for path in sorted(glob.glob(os.path.join(here, "*", "metrics.jsonl"))):
-    name = os.path.basename(os.path.dirname(path))
-    evals = [r for r in map(json.loads, open(path)) if r.get("eval")]
-    line, = ax1.plot([r["round"] for r in evals], [r["student"] for r in evals], marker=".", label=name)
-    ax1.plot([r["round"] for r in evals if "val" in r], [r["val"] for r in evals if "val" in r], ":",
-             color=line.get_color())
-    ax2.plot([r["round"] for r in evals], [r["teacher"] for r in evals], marker=".", color=line.get_color(), label=name)
-ax1.set(xlabel="round", ylabel="student success (solid: held-out test, dotted: validation)", ylim=(0, 1),
-        title="student (no PI)")
-ax2.set(xlabel="round", ylabel="held-out success", ylim=(0, 1), title="teacher (PI = tool calls) used for sampling")
-ax1.legend(fontsize=8)
+    setting, seed = re.fullmatch(r"(.+)_s(\d+)", os.path.basename(os.path.dirname(path))).groups()
+    runs.setdefault(setting, {})[int(seed)] = [r for r in map(json.loads, open(path)) if r.get("eval")]
+cols = 3
+fig, axes = plt.subplots(math.ceil(len(runs) / cols), cols, figsize=(5 * cols, 3.4 * math.ceil(len(runs) / cols)),
+                         squeeze=False, sharex=True, sharey=True)
+for ax, (setting, seeds) in zip(axes.flat, runs.items()):
+    for seed, evals in sorted(seeds.items()):
+        rounds = [r["round"] for r in evals]
+        line, = ax.plot(rounds, [r["student"] for r in evals], marker=".", label=f"seed {seed}")
+        ax.plot(rounds, [r["teacher"] for r in evals], "--", color=line.get_color(), alpha=0.6)
+    ax.set(title=setting, ylim=(0, 1), xlim=(0, 400))
+    ax.legend(fontsize=8, loc="lower right")
+for ax in axes.flat[len(runs):]:
+    ax.axis("off")
+for ax in axes[:, 0]:
+    ax.set_ylabel("held-out success")
+for ax in axes[-1]:
+    ax.set_xlabel("round")
+fig.suptitle("student (no PI), solid; sampling teacher (PI = tool calls), dashed")
 fig.tight_layout()
-fig.savefig(os.path.join(here, "curves.png"), dpi=100)
+fig.savefig(os.path.join(here, "curves.png"), dpi=90)
