@@ -37,7 +37,7 @@ from run import Run
 @dataclass
 class PiDistillConfig(config.Config):
     out_dir: str = "runs/pi_distill"
-    rounds: int = 100            # under review: 400 rounds on 2 seeds in docs/experiments.md
+    lr_schedule: str = "cosine"  # at a constant lr the student wanders once it has learned (docs/experiments.md)
     alpha: float = config.knob(0.0, "weight α of the teacher term; 1 = teacher only, 0 = student only", "[0, 1]")
     alpha_anneal_steps: int = config.knob(15, "α grows linearly from 0 over this many rounds (the paper)", ">= 0")
     beta: float = config.knob(0.25, "KL penalty β in the teacher's shaped reward R − β·KL_seq", ">= 0")

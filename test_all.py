@@ -942,7 +942,7 @@ def test_pi_distill_steps_raise_student_success(tmp_path):
     """End to end on the shipped base model (cache/): a few seeded π-Distill rounds lift the student's (no PI)
     success on validation train tasks."""
     cfg = pi_distill.PiDistillConfig(out_dir=str(tmp_path), rounds=E2E_ROUNDS, eval_every=E2E_ROUNDS, eval_tasks=8,
-                                     base_stats=False)
+                                     base_stats=False, lr_schedule="constant")  # a few rounds: the full rate for all
     run = Run(cfg, "e2e")
     def student():
         return agent.evaluate(run.model, run.tok, cfg, "student", n=300, split="val")["success"]

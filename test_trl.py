@@ -8,7 +8,9 @@ equal parameters on both ranks and round statistics of both ranks.
 """
 import copy
 import dataclasses
+import importlib.util
 import json
+import math
 import os
 import random
 import subprocess
@@ -212,3 +214,15 @@ def test_trl_run_resumes_from_its_checkpoint(hf_model_dir, tmp_path):  # noqa: F
     assert [r["round"] for r in records if r.get("eval")] == [0, 1, 2, 3]
     with pytest.raises(SystemExit, match="no checkpoint"):
         trl_trainers.main(flags[:-1] + [f"--out_dir={tmp_path / 'empty'}", "--resume=True"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gem") is None, reason="the gem-llm package is not installed")
+def test_trl_trains_on_a_gem_game(hf_model_dir, tmp_path):  # noqa: F811
+    """The same rollout serves every environment of the project's API: a GEM game through TRL, one round."""
+    cfg = small(opsd.OPSDConfig, hf_model_dir, tmp_path, env="gem:game:GuessTheNumber-v0-easy", max_turns=3,
+                max_action_tokens=6)
+    trainer = trl_trainers.OPSDTrainer(cfg)
+    out = one_batch(trainer)
+    assert all(e.turns and e.split == "train" for e in trainer.episodes)
+    loss, grads = trl_gradients(trainer, out)
+    assert math.isfinite(loss) and any(g.abs().sum() > 0 for g in grads)

@@ -1,4 +1,5 @@
-"""One panel per setting, one colour per seed: held-out student success (solid), the sampling teacher (dashed).
+"""One panel per setting, one colour per seed: held-out student success (solid), the sampling teacher (dashed); and
+the table of docs/experiments.md (held-out student % at every evaluation, best / last, validation best / last).
 
     python results/stability/plot.py      # -> results/stability/curves.png; each run: <setting>_s<seed>/metrics.jsonl
 """
@@ -36,3 +37,12 @@ for ax in axes[-1]:
 fig.suptitle("student (no PI), solid; sampling teacher (PI = tool calls), dashed")
 fig.tight_layout()
 fig.savefig(os.path.join(here, "curves.png"), dpi=90)
+
+print("| run | student at rounds 25, 50, … (held-out, %) | best / last | val best / last | sampling teacher first → last |")
+print("|---|---|---|---|---|")
+for setting, seeds in runs.items():
+    for seed, evals in sorted(seeds.items()):
+        student = [100 * r["student"] for r in evals[1:]]
+        val = [100 * r["val"] for r in evals[1:] if "val" in r]  # not logged in the first 125 rounds of one run
+        print(f"| {setting}, seed {seed} | {' '.join(f'{x:.1f}' for x in student)} | {max(student):.1f} / {student[-1]:.1f} "
+              f"| {max(val):.1f} / {val[-1]:.1f} | {100 * evals[0]['teacher']:.1f} → {100 * evals[-1]['teacher']:.1f} |")
