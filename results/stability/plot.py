@@ -1,5 +1,6 @@
 """One panel per setting (pi_distill_cosine is the default, pi_distill_constant the paper's constant rate), one colour
-per seed: held-out student success (solid), the sampling teacher (dashed); and the table of docs/experiments.md (held-out student % at every evaluation, best / last, validation best / last).
+per seed: held-out student success (solid), the sampling teacher (dashed); and the table of docs/experiments.md
+(held-out student % at every evaluation, best / last, validation best / last).
 
     python results/stability/plot.py      # -> results/stability/curves.png; each run: <setting>_s<seed>/metrics.jsonl
 """
