@@ -63,6 +63,14 @@ def opsd_loss(logp_student, logp_student_old, advantages, mask, beta, eps=0.2, k
                       kl=mean(kl_tokens.detach()) if kl_tokens is not None else float("nan"))
 
 
+def kept_groups(rewards, cfg):
+    """[B] bool: plain GRPO (β = 0) drops groups whose rewards are all equal (no signal); with β > 0 the KL term has
+    a gradient on every episode, so all are kept."""
+    if cfg.beta == 0:
+        return rl.groups_with_signal(rl.group_advantages(rewards, cfg.group_size), cfg.group_size)
+    return torch.ones(len(rewards), dtype=torch.bool, device=rewards.device)
+
+
 def train(cfg, run=None):
     """Algorithm 2, one round per loop iteration, in the paper's order. run: a Run whose model to start from
     (compare.py fine-tunes it first); by default the base."""
@@ -74,9 +82,7 @@ def train(cfg, run=None):
         # 1. sample G episodes of each task from the student view π_S(· | s): no PI in the prompt
         episodes = agent.rollout(model, tok, cfg, run.sample_tasks(), with_pi=False, generator=run.generator)
         R = torch.tensor([e.reward for e in episodes], device=run.device)
-        # plain GRPO (β = 0) drops groups whose rewards are all equal: they carry no signal
-        keep = rl.groups_with_signal(rl.group_advantages(R, cfg.group_size), cfg.group_size) if cfg.beta == 0 \
-            else torch.ones(len(episodes), dtype=torch.bool, device=run.device)
+        keep = kept_groups(R, cfg)
         batches = agent.micro_batches(episodes, cfg)  # whole groups; one batch, all episodes, unless --micro_batch
         masks, logps_old = zip(*(agent.batch_continuations(b, run.device)[1:] for b in batches))  # [B, L] each
         sizes = [len(b) for b in batches]

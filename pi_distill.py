@@ -110,6 +110,18 @@ def leaks(episode):
     return sum(text.count(word) for text, _ in episode.turns for word in LEAK_WORDS)
 
 
+def annealed_alpha(cfg, round_index):
+    """α in round round_index (from 0): it grows linearly from 0 over alpha_anneal_steps rounds (the paper)."""
+    return cfg.alpha * min(1.0, (round_index + 1) / cfg.alpha_anneal_steps) if cfg.alpha_anneal_steps else cfg.alpha
+
+
+def kept_groups(rewards, advantages, cfg):
+    """[B] bool: episodes whose group has a signal, judged on the shaped advantages, or with --drop_flat_rewards on
+    the rewards before the KL shaping (a group of equal rewards would be kept on β·KL differences alone)."""
+    return rl.groups_with_signal(rl.group_advantages(rewards, cfg.group_size) if cfg.drop_flat_rewards else advantages,
+                                 cfg.group_size)
+
+
 def train(cfg, run=None):
     """Algorithm 1, one round per loop iteration, in the paper's order. run: a Run whose model to start from
     (compare.py fine-tunes it first); by default the base."""
@@ -138,11 +150,10 @@ def train(cfg, run=None):
         # 4. shaped reward R − β·KL_seq and group advantages A; groups with no signal (all A = 0) are dropped, or with
         #    --drop_flat_rewards those whose rewards are all equal (their A would be β·KL differences alone)
         A = rl.group_advantages(R - cfg.beta * kl_seq, cfg.group_size)
-        keep = rl.groups_with_signal(rl.group_advantages(R, cfg.group_size) if cfg.drop_flat_rewards else A,
-                                     cfg.group_size)
+        keep = kept_groups(R, A, cfg)
         sizes = [len(b) for b in batches]
         n_tokens = sum(m[k].sum().item() for m, k in zip(masks, keep.split(sizes)))
-        alpha = cfg.alpha * min(1.0, (run.round + 1) / cfg.alpha_anneal_steps) if cfg.alpha_anneal_steps else cfg.alpha
+        alpha = annealed_alpha(cfg, run.round)
         # 5. updates_per_round gradient steps on these samples: loss α·L_T + (1 − α)·L_S, backward, optimizer step
         for _ in range(cfg.updates_per_round if keep.any() else 0):
             run.optimizer.zero_grad(set_to_none=True)

@@ -157,7 +157,7 @@ class TwoViewTrainer(GRPOTrainer):
         the model wrote), plus the other view's prompt ids and the per-episode rewards."""
         cfg, model = self.cfg, self.accelerator.unwrap_model(self.model)
         tasks = [(split, int(seed)) for split, seed in (p.split() for p in prompts)]
-        sampler = self.teacher if self.samples_with_pi and self.teacher is not None else model
+        sampler = self.teacher_of(model) if self.samples_with_pi else model
         # the sampled tokens are seeded by (seed, round, rank): a resumed run samples what an uninterrupted one would
         rank = self.accelerator.process_index
         generator = torch.Generator().manual_seed((cfg.seed * 100_000 + self.round) * 1000 + rank)
@@ -204,7 +204,7 @@ class TwoViewTrainer(GRPOTrainer):
         values = torch.tensor([[x[k] for k in logged] for x in inputs], device=device)
         # which groups are kept needs each whole group, and a group may straddle two ranks: decide on the gathered batch
         everything = self.accelerator.gather(torch.cat([out["advantages"].unsqueeze(1), values], 1))
-        keep = self.kept_groups(everything[:, 0], everything[:, 1])
+        keep = self.kept_groups(everything[:, 1], everything[:, 0])
         rank = self.accelerator.process_index
         out["keep"] = keep[rank * n:(rank + 1) * n]
         out["num_items_in_batch"] = self.accelerator.gather(self.loss_mask(out).sum()).sum()
@@ -215,10 +215,6 @@ class TwoViewTrainer(GRPOTrainer):
             print(f"round {record['round']:4d} | " + " | ".join(f"{k} {v:.3g}" for k, v in list(record.items())[1:]),
                   flush=True)
         return out
-
-    def kept_groups(self, advantages, rewards):
-        """[B] bool over the gathered round: episodes whose group carries signal (rl.groups_with_signal)."""
-        return rl.groups_with_signal(advantages, self.cfg.group_size)
 
     def write(self, record):
         with open(self.metrics_path, "a") as f:
@@ -235,12 +231,18 @@ class TwoViewTrainer(GRPOTrainer):
     def loss_mask(self, inputs):
         return inputs["completion_mask"] * inputs["tool_mask"] * inputs["keep"].unsqueeze(1)
 
-    def log_stats(self, stats, mask):
-        """Token-weighted means over the tokens of all ranks, in TRL's logged metrics."""
+    def scaled(self, loss, stats, logits_S, mask, inputs):
+        """The micro-batch's loss (a mean over its tokens) weighted by its share of the round's tokens; its statistics
+        and the student's entropy go to TRL's logged metrics as token-weighted means over all ranks."""
         n = mask.sum()
+        stats = dict(stats, entropy_S=rl.mean_entropy(logits_S, mask))
         for key, value in stats.items():
-            total, count = self.accelerator.reduce(torch.stack([value * n, n]).float().detach(), reduction="sum")
+            if value != value:  # nan: a statistic this form of the loss does not have (OPSD's kl without kl_tokens)
+                continue
+            local = torch.stack([torch.tensor(value, device=n.device) * n, n]).float()
+            total, count = self.accelerator.reduce(local, reduction="sum")
             self._metrics["train"][key].append((total / count.clamp(min=1)).item())
+        return loss * n / self.token_normaliser(inputs)
 
     # --- evaluation, and the end of a run
     def evaluate(self):
@@ -295,18 +297,17 @@ class PiDistillTrainer(TwoViewTrainer):
         (logits_T, _), (logits_S, logp_S), mask = self.both_views(episodes)
         kl = rl.kl_per_episode(logits_T, logits_S, mask).cpu()
         kl_seq = kl if cfg.kl_sum else kl / mask.sum(1).clamp(min=1).cpu()
-        # log π_S,old of every continuation token, [B, L] (--student_trust_region)
-        return dict(env_reward=R, kl_seq=kl_seq, shaped=R - cfg.beta * kl_seq, logp_student_old=logp_S.cpu())
+        out = dict(env_reward=R, kl_seq=kl_seq, shaped=R - cfg.beta * kl_seq)
+        if cfg.student_trust_region:  # log π_S,old of every continuation token, [B, L]
+            out["logp_student_old"] = logp_S.cpu()
+        return out
 
-    def kept_groups(self, advantages, rewards):
-        if self.cfg.drop_flat_rewards:  # on the rewards before the KL shaping
-            return rl.groups_with_signal(rl.group_advantages(rewards, self.cfg.group_size), self.cfg.group_size)
-        return super().kept_groups(advantages, rewards)
+    def kept_groups(self, rewards, advantages):  # over the gathered round
+        return pi_distill.kept_groups(rewards, advantages, self.cfg)
 
     def _compute_loss(self, model, inputs):
         cfg = self.cfg
-        step_round = self.state.global_step // self.updates_per_round  # the round this step trains on, from 0
-        alpha = cfg.alpha * min(1.0, (step_round + 1) / cfg.alpha_anneal_steps) if cfg.alpha_anneal_steps else cfg.alpha
+        alpha = pi_distill.annealed_alpha(cfg, self.round)  # self.round: the round these samples came from
         completion = inputs["completion_ids"], inputs["completion_mask"]
         teacher_prompt = inputs["prompt_ids"], inputs["prompt_mask"]
         student_prompt = inputs["other_prompt_ids"], inputs["other_prompt_mask"]
@@ -326,10 +327,7 @@ class PiDistillTrainer(TwoViewTrainer):
                                                  inputs["advantages"], mask, alpha, cfg.clip_eps, cfg.ratio_cap,
                                                  kl_tokens, cfg.forward_kl_coef,
                                                  inputs["logp_student_old"] if cfg.student_trust_region else None)
-        stats = {k: torch.tensor(v, device=mask.device) for k, v in stats.items()}
-        stats["entropy_S"] = torch.tensor(rl.mean_entropy(logits_S, mask), device=mask.device)
-        self.log_stats(stats, mask)
-        return loss * mask.sum() / self.token_normaliser(inputs)
+        return self.scaled(loss, stats, logits_S, mask, inputs)
 
 
 class OPSDTrainer(TwoViewTrainer):
@@ -346,10 +344,8 @@ class OPSDTrainer(TwoViewTrainer):
             shaped = R - cfg.beta * ((logp_S - logp_T) * mask).sum(1).cpu()
         return dict(env_reward=R, shaped=shaped)
 
-    def kept_groups(self, advantages, rewards):
-        if self.cfg.beta == 0:  # plain GRPO drops groups whose rewards are all equal
-            return super().kept_groups(advantages, rewards)
-        return torch.ones_like(rewards, dtype=torch.bool)  # the KL term has a gradient on every episode
+    def kept_groups(self, rewards, advantages):  # over the gathered round
+        return opsd.kept_groups(rewards, self.cfg)
 
     def _compute_loss(self, model, inputs):
         cfg = self.cfg
@@ -365,10 +361,7 @@ class OPSDTrainer(TwoViewTrainer):
         kl_tokens = rl.kl_per_position(logits_S, logits_T) if cfg.kl_estimator == "analytic" else None
         loss, stats = opsd.opsd_loss(logp_S, inputs["sampling_per_token_logps"], A, mask, cfg.beta, cfg.clip_eps,
                                      kl_tokens)
-        stats = {k: torch.tensor(v, device=mask.device) for k, v in stats.items() if v == v}  # drop the nan kl
-        stats["entropy_S"] = torch.tensor(rl.mean_entropy(logits_S, mask), device=mask.device)
-        self.log_stats(stats, mask)
-        return loss * mask.sum() / self.token_normaliser(inputs)
+        return self.scaled(loss, stats, logits_S, mask, inputs)
 
 
 TRAINERS = dict(pi_distill=(PiDistillTrainer, pi_distill.PiDistillConfig), opsd=(OPSDTrainer, opsd.OPSDConfig))
