@@ -175,7 +175,7 @@ def test_trl_refuses_what_it_would_ignore(hf_model_dir, tmp_path):  # noqa: F811
 
 def run_cli(args, out_dir, processes=1):
     launcher = [sys.executable] if processes == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29517"]
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=HERE)
     done = subprocess.run(launcher + [os.path.join(HERE, "trl_trainers.py"), *args, f"--out_dir={out_dir}"],
                           capture_output=True, text=True, env=env, cwd=HERE, timeout=300)
