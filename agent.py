@@ -138,7 +138,7 @@ def make_env(cfg, split):
     """An environment of a task split ("train" or "test"), chosen by --env (env_api.py says what it must do):
     the toy world, a GEM game (gem_env.make, imported only then) or a user's module:factory(split, cfg)."""
     if cfg.env == "toy":
-        return toy_env.ToyShopEnv(split, max_turns=cfg.max_turns, shortcut_frac=cfg.shortcut_frac)
+        return toy_env.ToyShopEnv(split, max_turns=cfg.max_turns, shortcut_frac=cfg.shortcut_frac, horizon=cfg.horizon)
     module, _, factory = ("gem_env", "", "make") if cfg.env.startswith("gem:") else cfg.env.partition(":")
     try:
         make = getattr(importlib.import_module(module), factory)
@@ -232,9 +232,9 @@ def rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
             text = tok.decode(written[i])
             obs, reward, terminated, truncated, _ = checked_step(env, text)
             ep.turns.append((text, obs))
-            if not (terminated or truncated) and len(ep.turns) >= cfg.max_turns:  # an env that never ends
+            if not (terminated or truncated) and len(ep.turns) >= cfg.turn_limit:  # an env that never ends
                 truncated = True
-                note_once(f"note: {type(env).__name__} episodes are cut at --max_turns={cfg.max_turns} model turns")
+                note_once(f"note: {type(env).__name__} episodes are cut at --max_turns={cfg.turn_limit} model turns")
             if terminated or truncated:
                 ep.reward = reward
                 continue
@@ -341,8 +341,9 @@ def base_statistics(model, tok, cfg, n=None):
     return stats
 
 
-def print_base_statistics(stats, n):
-    print(f"base on {n} held-out tasks: student success {stats['student']:.3f}")
+def print_base_statistics(stats, cfg):
+    where = f" at horizon {cfg.horizon}" if cfg.env == "toy" else ""
+    print(f"base on {cfg.eval_tasks} held-out tasks{where}: student success {stats['student']:.3f}")
     for kind in PI_KINDS:
         s = stats[kind]
         print(f"  PI={kind:5s} teacher {s['teacher']:.3f}  Δ {s['delta']:+.3f}  "

@@ -7,6 +7,7 @@ Face model behind the same tokenizer interface.
 """
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -54,8 +55,8 @@ def train_bpe(texts):
 def environment_texts(n_tasks=1500):
     """Every kind of string the toy world produces: prompts, requests, PI, reasoning, actions, observations."""
     texts, rng = [], random.Random(0)
-    for split in toy_env.POOLS:
-        env = toy_env.ToyShopEnv(split)
+    for split, horizon in itertools.product(toy_env.POOLS, range(1, toy_env.MAX_HORIZON + 1)):
+        env = toy_env.ToyShopEnv(split, horizon=horizon)
         for seed in range(n_tasks):
             request, history = toy_env.noisy_episode(env, seed, rng, skill=0.3)
             texts += [request, *(a for a, _ in history), *(o for _, o in history)]
@@ -115,10 +116,11 @@ class HFChatTokenizer:
 
 
 def warmup_example(tok, cfg, rng):
-    """One episode of the noisy behaviour policy on a random task of either pool; with probability
-    warmup_pi_frac its prompt shows a PI block listing the actions it took, so the base learns to follow PI."""
-    split = rng.choice(list(toy_env.POOLS))
-    env = toy_env.ToyShopEnv(split, cfg.max_turns, cfg.shortcut_frac)
+    """One episode of the noisy behaviour policy on a random task of either pool and any horizon (one base for
+    every --horizon); with probability warmup_pi_frac its prompt shows a PI block listing the actions it took,
+    so the base learns to follow PI."""
+    split, horizon = rng.choice(list(toy_env.POOLS)), rng.randint(1, toy_env.MAX_HORIZON)
+    env = toy_env.ToyShopEnv(split, cfg.max_turns, cfg.shortcut_frac, horizon)
     request, history = toy_env.noisy_episode(env, WARMUP_SEEDS + rng.randrange(10**6), rng, cfg.warmup_skill)
     actions = [a for a, _ in history]
     pi = toy_env.render_pi(env.task, rng.choice(PI_KINDS), actions) if rng.random() < cfg.warmup_pi_frac else ""
@@ -145,7 +147,8 @@ def supervised_step(model, optimizer, examples, pad, device):
 
 def warm_up(model, tok, cfg, device):
     """Teach the format, the tools, grounding and PI-following on the behaviour policy's episodes. Keeps the
-    weights with the best teacher success (tool-calls PI, frontier's actions) on validation train tasks."""
+    weights with the best teacher success (tool-calls PI, frontier's actions) on validation train tasks (up to 100
+    per horizon), averaged over the horizons."""
     rng = random.Random(cfg.warmup_seed)
     torch.manual_seed(cfg.warmup_seed)
     select = dataclasses.replace(cfg, temperature=1.0)  # fixed, so the cached base does not depend on --temperature
@@ -158,10 +161,16 @@ def warm_up(model, tok, cfg, device):
         loss = supervised_step(model, optimizer, [warmup_example(tok, cfg, rng) for _ in range(cfg.warmup_batch)],
                                tok.pad, device)
         if step % cfg.warmup_eval_every == 0 or step == cfg.warmup_steps:
-            teacher = agent.evaluate(model, tok, select, "teacher", "calls", n=200, split="val")["success"]
-            student = agent.evaluate(model, tok, select, "student", n=200, split="val")["success"]
-            print(f"warm-up {step:5d} | loss {loss:.3f} | val teacher(calls) {teacher:.3f} student {student:.3f} "
-                  f"| {time.time() - t0:.0f}s", flush=True)
+            teachers, students = [], []
+            for horizon in range(1, toy_env.MAX_HORIZON + 1):
+                at = dataclasses.replace(select, horizon=horizon)
+                n = min(100, cfg.eval_tasks)
+                teachers.append(agent.evaluate(model, tok, at, "teacher", "calls", n=n, split="val")["success"])
+                students.append(agent.evaluate(model, tok, at, "student", n=n, split="val")["success"])
+            teacher = sum(teachers) / len(teachers)
+            print(f"warm-up {step:5d} | loss {loss:.3f} | val teacher(calls) {teacher:.3f} "
+                  f"({' '.join(f'{t:.2f}' for t in teachers)} at horizons 1..{toy_env.MAX_HORIZON}) student "
+                  f"{' '.join(f'{s:.2f}' for s in students)} | {time.time() - t0:.0f}s", flush=True)
             if teacher > best[0]:
                 best = (teacher, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.load_state_dict(best[1])
@@ -257,6 +266,6 @@ def load_base(cfg, device):
 if __name__ == "__main__":
     cfg = parse_args(Config)
     model, tok = load_base(cfg, agent.pick_device(cfg.device))
-    agent.print_base_statistics(agent.base_statistics(model, tok, cfg), cfg.eval_tasks)
+    agent.print_base_statistics(agent.base_statistics(model, tok, cfg), cfg)
     agent.show_episode(agent.evaluate(model, tok, cfg, "student", n=8)["episodes"][0], "student (no PI)")
     agent.show_episode(agent.evaluate(model, tok, cfg, "teacher", n=8)["episodes"][0], f"teacher (PI={cfg.pi_kind})")

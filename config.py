@@ -14,6 +14,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+import toy_env
 from env_api import PI_KINDS
 
 
@@ -57,16 +58,19 @@ class Config:
     n_embd: int = knob(128, "tiny model: width (a multiple of n_head)", ">= 2")
     n_head: int = knob(8, "tiny model: attention heads", ">= 1")
     env: str = knob("toy", "toy (toy_env.py) | gem:<GEM env id> (gem_env.py) | module:factory (yours; docs/environments.md)")
-    max_turns: int = knob(6, "an episode is cut after this many model turns, in every environment", ">= 1")
+    max_turns: int = knob(6, "an episode is cut after this many model turns, in every environment (the toy world: at "
+                          "horizon 1, three more per further request)", ">= 1")
+    horizon: int = knob(1, "toy world: how many requests the customer makes in turn, each with its own lookup, write "
+                        "and answer", f"[1, {toy_env.MAX_HORIZON}]")
     shortcut_frac: float = knob(0.3, "toy world: fraction of tasks where the frontier skips the user lookup", "[0, 1]")
     max_action_tokens: int = knob(8, "a model turn longer than this many tokens is cut", ">= 1")
     # the base warm-up (stand-in for pretraining), cached in cache_dir keyed by these fields
-    warmup_steps: int = knob(3000, "warm-up: supervised steps on the behaviour policy's episodes", ">= 1")
+    warmup_steps: int = knob(6000, "warm-up: supervised steps on the behaviour policy's episodes", ">= 1")
     warmup_batch: int = knob(32, "warm-up: episodes per step", ">= 1")
     warmup_lr: float = knob(3e-3, "warm-up: peak learning rate", "(0, 0.1]")
     warmup_skill: float = knob(0.1, "warm-up: behaviour policy's probability of the right decision (docs/base_model.md)", "[0, 1]")
     warmup_pi_frac: float = knob(0.75, "warm-up: fraction of episodes shown with a PI block", "[0, 1]")
-    warmup_eval_every: int = knob(100, "warm-up: steps between validation evaluations", ">= 1")
+    warmup_eval_every: int = knob(250, "warm-up: steps between validation evaluations", ">= 1")
     warmup_seed: int = knob(2, "warm-up: seeds the model's initialisation and the behaviour episodes", ">= 0")
     cache_dir: str = knob("", "where the warmed-up base is cached; empty: cache/ beside base.py")
     # training
@@ -110,6 +114,13 @@ class Config:
                               "an even size (rotary embeddings rotate pairs)")
         if self.env != "toy" and not self.env.startswith("gem:") and ":" not in self.env:
             raise ConfigError(f"env={self.env!r}: allowed toy | gem:<GEM env id> | module:factory")
+        if self.env != "toy" and self.horizon != 1:
+            raise ConfigError(f"horizon={self.horizon}: a setting of the toy world; --env={self.env} has its own tasks")
+
+    @property
+    def turn_limit(self):
+        """Model turns before an episode is cut (toy_env.turn_limit: more turns for longer requests)."""
+        return toy_env.turn_limit(self.max_turns, self.horizon)
 
 
 def field_metadata(cls, name):

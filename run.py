@@ -63,7 +63,7 @@ class Run:
             open(self.metrics_path, "w").close()
             stats = agent.base_statistics(self.model, self.tok, cfg) if cfg.base_stats else None
             if stats:
-                agent.print_base_statistics(stats, cfg.eval_tasks)
+                agent.print_base_statistics(stats, cfg)
             self.log(dict(round=0, eval=True, **self.evaluate()[0], base=stats))
         self.set_lr()
         self.t0 = time.time()

@@ -9,15 +9,24 @@ tools, one per turn, and reads their output:
     get_orders UID ITEM -> "orders #12 pending lamp"    (only the orders of that item)
     cancel OID        -> cancels a pending order        (a write)
     return OID        -> returns a delivered order      (a write)
-    respond TEXT      -> answers the customer and ends the episode
+    respond TEXT      -> answers the customer's request (the answer to the last one ends the episode)
 
 Reward is 1 only for a solution, else 0: on cancel/return tasks exactly one write, the right one (the right
 tool on the target order, an id the agent has read in an observation), then `respond done`; on status tasks
-no write, the orders looked up, then `respond` with exactly the target order's status. Any other write (a
-guessed or unseen id, the wrong tool, a second write) and any other answer text ("pending shipped
-delivered", "done U33") make the reward 0. Solving a task takes 3 correct calls whose arguments are
-copied from earlier observations (name -> user id, item -> order id), then `respond`. A write changes the
-world: after `cancel #12`, get_orders lists #12 as cancelled. The item filter of
+no write, the target order looked up, then `respond` with exactly its status. Any other write (a guessed or
+unseen id, the wrong tool, a second write) and any other answer text ("pending shipped delivered", "done U33")
+make the reward 0. Solving a task takes 3 correct calls whose arguments are copied from earlier observations
+(name -> user id, item -> order id), then `respond`.
+
+The horizon (--horizon, 1 to 3) is how many requests the customer makes, one after the other, as in tau-bench's
+conversations: the agent's `respond` to one request brings the next ("thanks . where is my mug order ?") as
+that call's output, and only the last `respond` ends the episode. Each request needs its own filtered lookup,
+its write if it is a cancel or a return, and its own exact answer; the user lookup is needed once. So a
+solution takes up to 3h + 1 calls and the turn limit grows by 3 per further request. Horizon 1 is the
+single-request world. Each request taken alone is as easy as at horizon 1 (its item is in the customer's latest
+message, its order id in the latest lookup): what grows is the chain of decisions an episode must get right.
+
+A write changes the world: after `cancel #12`, get_orders lists #12 as cancelled. The item filter of
 `get_orders` does the matching of the request's item to its order that a database query would do: a
 4-layer, 1M-parameter model never learned to do it by attention over a full listing (docs/toy_world.md: "Why
 `get_orders` filters by item").
@@ -56,47 +65,64 @@ POOLS = {  # disjoint entity pools per split
         uids=[f"U{n}" for n in range(60, 100)], oids=[f"#{n}" for n in range(60, 100)]),
 }
 TRAIN_ENTITIES = {w for key in ("names", "items", "uids", "oids") for w in POOLS["train"][key]}
-REQUESTS = {
-    "cancel": "i am {name} . please cancel my {item} order .",
-    "return": "i am {name} . i want to return my {item} .",
-    "status": "i am {name} . where is my {item} order ?",
+MAX_HORIZON = 3  # a customer makes 1 to MAX_HORIZON requests in one episode (--horizon)
+NEXT_REQUEST = "thanks ."  # what `respond` returns when the customer has a further request: this + the request
+REQUESTS = {  # one sentence per request: the first after "i am {name} .", the next after NEXT_REQUEST
+    "cancel": "please cancel my {item} order .",
+    "return": "i want to return my {item} .",
+    "status": "where is my {item} order ?",
 }
+OPS = ("cancel", "return")  # the writes
+NEEDS = {"cancel": "pending", "return": "delivered"}  # the status an order needs for each write
 
 
-def make_task(seed, split="train", shortcut_frac=0.3):
-    """A task is a small hidden database (one customer, 2-3 orders) and a request about one order."""
+def make_task(seed, split="train", shortcut_frac=0.3, horizon=1):
+    """A task is a small hidden database (one customer, horizon + 1-2 orders) and `horizon` requests (asks), each
+    naming one of them to cancel, return or report on. The first ask's fields are also the task's own (kind,
+    target, item, status): at horizon 1, the only ask."""
+    if not 1 <= horizon <= MAX_HORIZON:
+        raise ValueError(f"horizon={horizon}: allowed 1 to {MAX_HORIZON}")
     rng = random.Random(f"{split}:{seed}")  # string seeds are stable across Python runs
     pool = POOLS[split]
-    kind = rng.choice(("cancel", "return", "status"))
-    n_orders = rng.choice((2, 3))
+    kinds = [rng.choice(("cancel", "return", "status")) for _ in range(horizon)]
+    n_orders = horizon + rng.choice((1, 2))
     items = rng.sample(pool["items"], n_orders)
     statuses = [rng.choice(STATUSES) for _ in range(n_orders)]
-    statuses[0] = {"cancel": "pending", "return": "delivered"}.get(kind, statuses[0])  # order 0 is the target
+    for i, kind in enumerate(kinds):  # orders 0 .. horizon-1 are the targets
+        statuses[i] = NEEDS.get(kind, statuses[i])
     orders = dict(zip(rng.sample(pool["oids"], n_orders), zip(statuses, items)))
-    target = next(iter(orders))
+    asks = [dict(kind=kind, target=oid, item=orders[oid][1], status=orders[oid][0]) for kind, oid in zip(kinds, orders)]
     order_list = list(orders.items())
-    rng.shuffle(order_list)  # the target is not always listed first
-    return dict(split=split, seed=seed, kind=kind, name=rng.choice(pool["names"]), uid=rng.choice(pool["uids"]),
-                orders=dict(order_list), target=target, item=orders[target][1], status=orders[target][0],
-                shortcut=rng.random() < shortcut_frac)
+    rng.shuffle(order_list)  # the targets are not always listed first
+    return dict(split=split, seed=seed, horizon=horizon, asks=asks, **asks[0], name=rng.choice(pool["names"]),
+                uid=rng.choice(pool["uids"]), orders=dict(order_list), shortcut=rng.random() < shortcut_frac)
+
+
+def request_text(task, k=0):
+    """The customer's k-th request: the episode's first message, or what `respond` returns before the next one."""
+    opening = f"i am {task['name']} ." if k == 0 else NEXT_REQUEST
+    return f"{opening} {REQUESTS[task['asks'][k]['kind']].format(**task['asks'][k])}"
+
+
+def answer(ask):
+    """The exact reply that closes a request: the order's status when asked where it is, else "done"."""
+    return ask["status"] if ask["kind"] == "status" else "done"
 
 
 def frontier_demo(task):
     """The frontier agent's solution: a list of (reasoning, action). It never fails; in shortcut tasks it
     skips the lookup because it reads the hidden database (a step the student cannot reproduce)."""
-    name, uid, oid, item, status = task["name"], task["uid"], task["target"], task["item"], task["status"]
-    steps = []
-    if task["shortcut"]:
-        steps.append((f"i already know {name} is {uid} ; i list the {item} orders", f"get_orders {uid} {item}"))
-    else:
-        steps.append((f"the customer is {name} ; i look up the id", f"find_user {name}"))
-        steps.append((f"{name} is {uid} ; i list the {item} orders", f"get_orders {uid} {item}"))
-    if task["kind"] == "status":
-        steps.append((f"the {item} order {oid} is {status} ; i tell the customer", f"respond {status}"))
-    else:
-        op = task["kind"]
-        steps.append((f"the {item} order is {oid} and {status} ; i {op} it", f"{op} {oid}"))
-        steps.append((f"the {item} order is done ; i tell the customer", "respond done"))
+    name, uid = task["name"], task["uid"]
+    steps = [] if task["shortcut"] else [(f"the customer is {name} ; i look up the id", f"find_user {name}")]
+    for k, ask in enumerate(task["asks"]):
+        oid, item, status, op = ask["target"], ask["item"], ask["status"], ask["kind"]
+        known = f"i already know {name} is" if task["shortcut"] and k == 0 else f"{name} is"
+        steps.append((f"{known} {uid} ; i list the {item} orders", f"get_orders {uid} {item}"))
+        if op in OPS:
+            steps.append((f"the {item} order is {oid} and {status} ; i {op} it", f"{op} {oid}"))
+        reasoning = (f"the {item} order {oid} is {status} ; i tell the customer" if op == "status" else
+                     f"the {item} order is done ; i tell the customer")
+        steps.append((reasoning, f"respond {answer(ask)}"))
     return steps
 
 
@@ -121,17 +147,21 @@ def system_prompt(pi_text=""):
 class ToyShopEnv:
     """GEM-style API: reset(seed) -> (obs, info); step(text) -> (obs, reward, terminated, truncated, info)."""
 
-    def __init__(self, split="train", max_turns=6, shortcut_frac=0.3):
+    def __init__(self, split="train", max_turns=6, shortcut_frac=0.3, horizon=1):
+        """max_turns is the turn limit at horizon 1: each further order adds two turns (its lookup and its write)."""
         assert split in POOLS, f"split must be one of {list(POOLS)}"
-        self.split, self.max_turns, self.shortcut_frac = split, max_turns, shortcut_frac
+        self.split, self.shortcut_frac, self.horizon = split, shortcut_frac, horizon
+        self.max_turns = turn_limit(max_turns, horizon)
         self.task = None
 
     def reset(self, seed):
-        self.task = make_task(seed, self.split, self.shortcut_frac)
-        # writes: every cancel/return attempted (refused ones too); seen: order ids read in an observation
-        self.turn, self.done, self.writes, self.answer, self.seen = 0, False, [], None, set()
+        self.task = make_task(seed, self.split, self.shortcut_frac, self.horizon)
+        # writes: every cancel/return attempted (refused ones too); seen: order ids read in an observation;
+        # closed: for each request answered so far, whether it was solved when the agent answered it;
+        # opened: how many writes had been made when the current request came (its own writes follow)
+        self.turn, self.done, self.writes, self.seen, self.closed, self.opened = 0, False, [], set(), [], 0
         info = dict(system=system_prompt(), shortcut=self.task["shortcut"], kind=self.task["kind"])
-        return REQUESTS[self.task["kind"]].format(**self.task), info
+        return request_text(self.task), info
 
     def privileged_info(self, kind):
         return render_pi(self.task, kind)
@@ -172,8 +202,15 @@ class ToyShopEnv:
         tool, arg = parsed
         t = self.task
         if tool == "respond":
-            self.answer = arg
-            return "bye", True
+            ask = t["asks"][len(self.closed)]
+            # its write made while it was open: a write ahead of the request it answers is a guess (or a peek at PI)
+            write_done = ask["kind"] not in OPS or (ask["kind"], ask["target"], True) in self.writes[self.opened:]
+            self.opened = len(self.writes)
+            # a status counts only if the order itself was read: a lucky guess is not a solution
+            self.closed.append(write_done and ask["target"] in self.seen and arg.split() == answer(ask).split())
+            if len(self.closed) == len(t["asks"]):
+                return "bye", True
+            return request_text(t, len(self.closed)), False
         if tool == "find_user":
             return (f"user {t['uid']}" if arg == t["name"] else "error : no such user"), False
         if tool == "get_orders":
@@ -185,23 +222,26 @@ class ToyShopEnv:
                 return f"error : no {item} order", False
             self.seen.update(line.split()[0] for line in shown)
             return "orders " + " , ".join(shown), False
-        # cancel / return: every attempt counts (success() allows exactly one, the right one), refused or not
+        # cancel / return: every attempt counts (success() allows exactly one per order asked), refused or not
         self.writes.append((tool, arg, arg in self.seen))
         if arg not in t["orders"]:
             return "error : no such order", False
         status, item = t["orders"][arg]
-        if status != {"cancel": "pending", "return": "delivered"}[tool]:
+        if status != NEEDS[tool]:
             return f"error : {arg} is {status}", False
         t["orders"][arg] = ({"cancel": "cancelled", "return": "returned"}[tool], item)  # the world changes
         return f"ok {tool} {arg}", False
 
     def success(self):
-        t = self.task
-        if t["kind"] == "status":
-            # an answer counts only once the orders were looked up: a lucky guess is not a solution
-            return bool(self.seen) and not self.writes and (self.answer or "").split() == [t["status"]]
-        # one write, the right tool on the target, whose id was read in an observation (not guessed); then "done"
-        return self.writes == [(t["kind"], t["target"], True)] and (self.answer or "").split() == ["done"]
+        """Every request answered exactly, each when it was solved: its order looked up, its write done (the right
+        tool on its order, an id read in an observation, not guessed); and no other write, nor any write twice."""
+        wanted = sorted((a["kind"], a["target"], True) for a in self.task["asks"] if a["kind"] in OPS)
+        return len(self.closed) == len(self.task["asks"]) and all(self.closed) and sorted(self.writes) == wanted
+
+
+def turn_limit(max_turns, horizon):
+    """The turn limit grows with the task: three more turns per further request (lookup, write, answer)."""
+    return max_turns + 3 * (horizon - 1)
 
 
 def parse_action(text):
@@ -228,44 +268,46 @@ def parse_action(text):
 def noisy_episode(env, seed, rng, skill=0.0, answer_prob=0.4):
     """The warm-up's behaviour policy: with probability `skill` it takes the right next step, otherwise a
     random *grounded* action -- its decisions are noisy (tool order, early answers, a wrong but seen
-    order), its arguments are always copied from what it has seen. Returns (request, [(action, obs)]).
-    With skill 0 (a uniform choice among grounded actions) it solves about 3.5% of tasks, with 0.1 (the base
-    model's warm-up) about 6.4% (see `python toy_env.py`)."""
+    order), its arguments are always copied from what it has seen for the current request: the item of the
+    customer's latest message, an order id read since it. Returns (request, [(action, obs)]).
+    With skill 0 (a uniform choice among grounded actions) it solves about 3% of horizon-1 tasks, with 0.1 (the
+    base model's warm-up) about 6% (see `python toy_env.py`)."""
     request, _ = env.reset(seed)
     t = env.task
     seen_uid, seen_orders, history, done = None, {}, [], False
     while not done:
+        ask = t["asks"][len(env.closed)]
         if seen_uid is None:
             right = f"find_user {t['name']}"
-        elif not seen_orders:
-            right = f"get_orders {seen_uid} {t['item']}"
-        elif t["kind"] == "status":
-            right = f"respond {seen_orders.get(t['target'], 'done')}"
-        elif not env.writes:
-            right = f"{t['kind']} {t['target']}"
+        elif ask["target"] not in seen_orders:
+            right = f"get_orders {seen_uid} {ask['item']}"
+        elif ask["kind"] in OPS and (ask["kind"], ask["target"]) not in [(tool, oid) for tool, oid, _ in env.writes]:
+            right = f"{ask['kind']} {ask['target']}"
         else:
-            right = "respond done"
+            right = f"respond {seen_orders[ask['target']] if ask['kind'] == 'status' else 'done'}"
         moves = [f"find_user {t['name']}"]
-        moves += [f"get_orders {seen_uid}", f"get_orders {seen_uid} {t['item']}"] if seen_uid else []
-        moves += [f"{op} {oid}" for oid in seen_orders for op in ("cancel", "return")]
+        moves += [f"get_orders {seen_uid}", f"get_orders {seen_uid} {ask['item']}"] if seen_uid else []
+        moves += [f"{op} {oid}" for oid in seen_orders for op in OPS]
         answers = ["respond done"] + [f"respond {st}" for st in dict.fromkeys(seen_orders.values())]
         if rng.random() < skill:
             action = right
-        else:  # a random grounded action; answering (which ends the episode) is the rarer mistake
+        else:  # a random grounded action; answering (which closes the request) is the rarer mistake
             action = rng.choice(answers if rng.random() < answer_prob else moves)
         obs, _, term, trunc, _ = env.step(action)
         done = term or trunc
         if obs.startswith("user "):
             seen_uid = obs.split()[1]
         elif obs.startswith("orders "):
-            seen_orders = {o.split()[0]: o.split()[1] for o in obs.removeprefix("orders ").split(" , ")}
+            seen_orders |= {o.split()[0]: o.split()[1] for o in obs.removeprefix("orders ").split(" , ")}
+        elif action.startswith("respond"):
+            seen_orders = {}  # the next request starts: its arguments come from what is read from now on
         history.append((action, obs))
     return request, history
 
 
-def success_rate(policy, split="train", n=2000, seed=0):
+def success_rate(policy, split="train", n=2000, seed=0, horizon=1):
     """Fraction of n tasks solved by policy(env, task_seed, rng) -> anything (the env keeps the outcome)."""
-    env, rng, wins = ToyShopEnv(split), random.Random(seed), 0
+    env, rng, wins = ToyShopEnv(split, horizon=horizon), random.Random(seed), 0
     for i in range(n):
         policy(env, i, rng)
         wins += env.success()
@@ -290,25 +332,30 @@ def frontier_policy(env, seed, rng):
 
 
 if __name__ == "__main__":
-    env = ToyShopEnv("train")
-    for seed in (0, 1, 3):
-        request, info = env.reset(seed)
-        print(f"=== train task {seed}: {info['kind']}{'  (frontier shortcut)' if info['shortcut'] else ''}")
-        for kind in PI_KINDS:
-            print(f"--- teacher system prompt, PI = {kind}:\n{system_prompt(env.privileged_info(kind))}")
-        print(f"--- student system prompt:\n{system_prompt()}\n--- user: {request}")
-        for reasoning, action in env.demonstration():
-            obs, reward, term, trunc, _ = env.step(action)
-            print(f"    frontier thinks: {reasoning}\n    frontier acts  : {action}\n    tool           : {obs}")
-        print(f"--- reward {reward}\n")
-    test = ToyShopEnv("test")
-    kinds = [make_task(i, "train")["kind"] for i in range(2000)]
-    print("task mix (train):", {k: kinds.count(k) / len(kinds) for k in REQUESTS})
+    for horizon, seeds in ((1, (0, 1, 3)), (3, (0,))):
+        env = ToyShopEnv("train", horizon=horizon)
+        for seed in seeds:
+            request, info = env.reset(seed)
+            print(f"=== train task {seed}, horizon {horizon}: {' + '.join(a['kind'] for a in env.task['asks'])}"
+                  f"{'  (frontier shortcut)' if info['shortcut'] else ''}")
+            for kind in PI_KINDS:
+                print(f"--- teacher system prompt, PI = {kind}:\n{system_prompt(env.privileged_info(kind))}")
+            print(f"--- student system prompt:\n{system_prompt()}\n--- user: {request}")
+            for reasoning, action in env.demonstration():
+                obs, reward, term, trunc, _ = env.step(action)
+                print(f"    frontier thinks: {reasoning}\n    frontier acts  : {action}\n    tool           : {obs}")
+            print(f"--- reward {reward}\n")
+    kinds = [a["kind"] for i in range(2000) for a in make_task(i, "train", horizon=MAX_HORIZON)["asks"]]
+    print("ask mix (train):", {k: round(kinds.count(k) / len(kinds), 3) for k in REQUESTS})
     print("frontier shortcut tasks (train):", sum(make_task(i)["shortcut"] for i in range(2000)) / 2000)
-    for name, pol in [("frontier", frontier_policy), ("noisy behaviour, skill 0", noisy_episode),
-                      ("noisy behaviour, skill 0.1 (base.py's warm-up)", lambda e, s, r: noisy_episode(e, s, r, 0.1)),
-                      ("uniformly random valid action", random_valid_policy)]:
-        print(f"success of {name}: train {success_rate(pol, 'train'):.3f}  test {success_rate(pol, 'test'):.3f}")
-    for kind in ("none", *PI_KINDS):
-        lengths = [len(system_prompt("" if kind == "none" else render_pi(make_task(i), kind))) for i in range(500)]
-        print(f"system prompt length, PI={kind}: mean {sum(lengths) / len(lengths):.0f} chars")
+    for horizon in range(1, MAX_HORIZON + 1):
+        print(f"horizon {horizon} (turn limit {turn_limit(6, horizon)}):")
+        for name, pol in [("frontier", frontier_policy), ("noisy behaviour, skill 0", noisy_episode),
+                          ("noisy behaviour, skill 0.1 (base.py's warm-up)", lambda e, s, r: noisy_episode(e, s, r, 0.1)),
+                          ("uniformly random valid action", random_valid_policy)]:
+            print(f"  success of {name}: train {success_rate(pol, 'train', horizon=horizon):.3f}  "
+                  f"test {success_rate(pol, 'test', horizon=horizon):.3f}")
+        for kind in ("none", *PI_KINDS):
+            lengths = [len(system_prompt("" if kind == "none" else render_pi(make_task(i, horizon=horizon), kind)))
+                       for i in range(500)]
+            print(f"  system prompt length, PI={kind}: mean {sum(lengths) / len(lengths):.0f} chars")

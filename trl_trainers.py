@@ -249,7 +249,7 @@ class TwoViewTrainer(GRPOTrainer):
         """The native scripts' held-out student success (eval_tasks test tasks), on the main rank."""
         model = self.accelerator.unwrap_model(self.model)
         if self.round == 0 and self.cfg.base_stats:  # the paper's premise, as the native scripts print it
-            agent.print_base_statistics(agent.base_statistics(model, self.tok, self.cfg), self.cfg.eval_tasks)
+            agent.print_base_statistics(agent.base_statistics(model, self.tok, self.cfg), self.cfg)
         result = agent.evaluate(model, self.tok, self.cfg, "student")
         record = dict(round=self.round, eval=True, student=result["success"], **agent.prefixed("student", result))
         self.write(record)
