@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import rl
 import toy_env
-from env_api import PI_KINDS, checked_privileged_info, checked_reset, checked_step, pi_block, step_label
+from env_api import PI_KINDS, call_env, checked_privileged_info, checked_reset, checked_step, pi_block, step_label
 
 # ----------------------------------------------------------------------------- tokenizer
 
@@ -141,10 +141,16 @@ def make_env(cfg, split):
         return toy_env.ToyShopEnv(split, max_turns=cfg.max_turns, shortcut_frac=cfg.shortcut_frac, horizon=cfg.horizon)
     module, _, factory = ("gem_env", "", "make") if cfg.env.startswith("gem:") else cfg.env.partition(":")
     try:
-        make = getattr(importlib.import_module(module), factory)
-    except (ImportError, AttributeError) as err:
-        raise SystemExit(f"--env={cfg.env}: cannot import {factory} from {module} ({err})") from None
-    return make(split, cfg)
+        imported = importlib.import_module(module)
+    except SyntaxError as err:
+        raise SystemExit(f"--env={cfg.env}: {err.filename}, line {err.lineno}: {err.msg}") from None
+    except ModuleNotFoundError as err:
+        raise SystemExit(f"--env={cfg.env}: cannot import {module} ({err})") from None
+    except Exception:  # the module itself fails as it runs: its own traceback, then one line
+        call_env(f"import {module}", importlib.import_module, module)
+    if not callable(getattr(imported, factory, None)):
+        raise SystemExit(f"--env={cfg.env}: cannot import {factory} from {module} (it has no such function)")
+    return call_env(f"{module}.{factory}({split!r}, cfg)", getattr(imported, factory), split, cfg)
 
 
 ENVIRONMENTS = {}  # (config, split) -> environments built so far; reset(seed) starts each new episode
@@ -179,7 +185,7 @@ def rollout(model, tok, cfg, tasks, with_pi, generator, pi_kind=None):
     `pi_kind` in the prompt) or the student view. One KV cache spans all turns: each forward feeds only the new
     tokens (left-padded chunks; attention masks and position ids skip the padding). With --micro_batch, at most
     one round's worth of episodes at a time: a large model's KV cache for an evaluation's 400 would not fit."""
-    size = cfg.tasks_per_step * cfg.group_size
+    size = cfg.tasks_per_round * cfg.group_size
     if cfg.micro_batch and len(tasks) > size:
         return [e for i in range(0, len(tasks), size)
                 for e in rollout(model, tok, cfg, tasks[i:i + size], with_pi, generator, pi_kind)]

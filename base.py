@@ -206,6 +206,9 @@ def load_pretrained(name, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
         raise SystemExit(f"--model={name}: no such folder (give a local model folder or a Hugging Face name)")
+    if os.path.isdir(os.path.expanduser(name)) and not os.path.exists(os.path.join(os.path.expanduser(name), "config.json")):
+        raise SystemExit(f"--model={name}: this folder holds no Hugging Face model (no config.json); give the folder "
+                         "that save_pretrained wrote")
     try:
         hf = AutoTokenizer.from_pretrained(name, local_files_only=True)
         return AutoModelForCausalLM.from_pretrained(name, local_files_only=True).to(device), hf

@@ -1,10 +1,11 @@
 """
 compare.py -- the paper's table in miniature (PAPER.md §6-§9): every method on one budget, over seeds.
 
-    python compare.py --quick     # 1 seed, 100 rounds per method, 150 SFT steps
-    python compare.py             # 3 seeds, 400 rounds per method: a GPU, or a long CPU run
+    python compare.py --quick           # 1 seed, 100 rounds per method, 150 SFT steps
+    python compare.py                   # 3 seeds, 400 rounds per method: a GPU, or a long CPU run
+    python compare.py --horizons=1,2,3  # every method at each horizon: results/horizon.md
 
-The budget is the number of sampled episodes: every method runs `rounds` rounds of tasks_per_step × group_size
+The budget is the number of sampled episodes: every method runs `rounds` rounds of tasks_per_round × group_size
 episodes (25,600 at the defaults), one gradient step per round (two for π-Distill, its default). The SFT
 baselines first train on sft_steps × sft_batch of the frontier agent's traces (demonstrations, not sampled
 episodes), then do the same RL.
@@ -21,7 +22,7 @@ import platform
 import random
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ import config
 import opsd
 import pi_distill
 import run as runs
+import toy_env
 from env_api import PI_KINDS
 
 ALGORITHMS = {"pi_distill": (pi_distill, pi_distill.PiDistillConfig), "opsd": (opsd, opsd.OPSDConfig)}
@@ -47,7 +49,7 @@ METHODS = {
     "OPSD": ("opsd", {}, ""),
     "π-Distill α=0": ("pi_distill", {}, ""),     # the default
     "π-Distill α=0.5": ("pi_distill", dict(alpha=0.5), ""),   # α annealed 0 → 0.5, as the paper does
-    "π-Distill α=1": ("pi_distill", dict(alpha=1.0, alpha_anneal_steps=0), ""),
+    "π-Distill α=1": ("pi_distill", dict(alpha=1.0, alpha_anneal_rounds=0), ""),
 }
 PI_METHODS = ["π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "OPSD"]  # the ones that use the PI
 BETAS = [0.0, 0.25, 0.5]  # the KL penalty in the shaped reward, swept for the default π-Distill (α = 0)
@@ -64,6 +66,19 @@ class CompareConfig(config.Config):
     sft_batch: int = config.knob(32, "SFT baselines: traces per step", ">= 1")
     sft_lr: float = config.knob(1e-3, "SFT baselines: learning rate", "(0, 0.1]")
     sft_eval_every: int = config.knob(50, "SFT baselines: steps between validation evaluations", ">= 1")
+    horizons: str = config.knob("", "comma-separated toy-world horizons, e.g. 1,2,3: every method at each (no PI-kind "
+                                "or β rows), each run kept in <out_dir>/horizon/; empty: the table at --horizon")
+
+    def check(self):
+        super().check()
+        try:
+            chosen = [int(h) for h in self.horizons.split(",")] if self.horizons else []
+        except ValueError:
+            raise config.ConfigError(f"horizons={self.horizons!r}: allowed comma-separated integers, e.g. 1,2,3")
+        if any(not 1 <= h <= toy_env.MAX_HORIZON for h in chosen) or len(set(chosen)) < len(chosen):
+            raise config.ConfigError(f"horizons={self.horizons!r}: allowed distinct horizons 1 to {toy_env.MAX_HORIZON}")
+        if chosen and self.env != "toy":
+            raise config.ConfigError(f"horizons={self.horizons!r}: a setting of the toy world, not --env={self.env}")
 
 
 # ----------------------------------------------------------------------------- the SFT baselines
@@ -106,33 +121,58 @@ def sft(run, cot, cc):
 # ----------------------------------------------------------------------------- one run, cached
 
 
-def job(cc, method, seed, algorithm, overrides, sft_kind):
-    """A run is described by plain data; its hash names its folder, so a finished run is found again."""
-    fields = {f.name for f in dataclasses.fields(ALGORITHMS[algorithm][1])}
-    values = {k: v for k, v in cc.items() if k in fields} | overrides | dict(seed=seed, base_stats=False)
-    values.pop("out_dir")
+SHARED_DEFAULTS = dataclasses.asdict(config.Config())
+
+
+def job(cc, method, seed, algorithm, overrides, sft_kind, folder="runs"):
+    """A run is described by plain data; its hash names its folder, so a finished run is found again. A flag the
+    user changed applies to every method; one left at its default keeps each algorithm's own default (π-Distill's
+    cosine rate, OPSD's frozen teacher)."""
+    config_class = ALGORITHMS[algorithm][1]
+    changed = {k: v for k, v in cc.items() if k in SHARED_DEFAULTS and v != SHARED_DEFAULTS[k]}
+    values = dataclasses.asdict(config_class(**changed | overrides | dict(seed=seed, base_stats=False)))
+    defaults = dataclasses.asdict(config_class())
+    # the run is named by what differs from the algorithm's defaults (a flag added later renames nothing);
+    # execute sets out_dir and resume
+    values = {k: v for k, v in values.items() if v != defaults[k] and k not in ("out_dir", "resume", "overwrite")}
     spec = dict(algorithm=algorithm, config=values,
                 sft={k: cc[k] for k in ("sft_steps", "sft_batch", "sft_lr", "sft_eval_every")} | {"kind": sft_kind}
                 if sft_kind else None)
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    return dict(spec, method=method, seed=seed, dir=os.path.join(cc["out_dir"], "runs", key))
+    return dict(spec, method=method, seed=seed, dir=os.path.join(cc["out_dir"], folder, key))
 
 
 def execute(job, threads):
-    """Train one method with one seed in this process (its printed lines go to log.txt); returns its result."""
+    """Train one method with one seed in this process (its printed lines go to log.txt); returns its result.
+    A run stopped half-way continues from its last ckpt.pt (after its SFT stage, whose result sft.json keeps).
+    With job["ood"], the trained student is also evaluated at those horizons (out of domain)."""
     torch.set_num_threads(threads)
     module, config_class = ALGORITHMS[job["algorithm"]]
-    cfg = config_class(**job["config"], out_dir=job["dir"])
+    sft_path = os.path.join(job["dir"], "sft.json")
+    resume = os.path.exists(os.path.join(job["dir"], "ckpt.pt")) and (not job["sft"] or os.path.exists(sft_path))
+    # a run stopped before its first checkpoint (or its SFT's end) left nothing to continue: start it again
+    cfg = config_class(**job["config"], out_dir=job["dir"], resume=resume, overwrite=False)
+    if not resume:
+        for leftover in runs.RUN_FILES + ("sft.json",):
+            if os.path.exists(os.path.join(job["dir"], leftover)):
+                os.remove(os.path.join(job["dir"], leftover))
     os.makedirs(job["dir"], exist_ok=True)
     t0 = time.time()
-    with open(os.path.join(job["dir"], "log.txt"), "w") as log, redirect_stdout(log):
+    with open(os.path.join(job["dir"], "log.txt"), "a" if resume else "w") as log, redirect_stdout(log):
         run = runs.Run(cfg, job["method"])
-        sft_result = sft(run, job["sft"]["kind"] == "cot", job["sft"]) if job["sft"] else None
+        sft_result = None
+        if job["sft"] and resume:
+            sft_result = json.load(open(sft_path))
+        elif job["sft"]:
+            sft_result = sft(run, job["sft"]["kind"] == "cot", job["sft"])
+            json.dump(sft_result, open(sft_path, "w"))
         final = module.train(cfg, run)
-    curve = [(r["round"] * cfg.tasks_per_step * cfg.group_size, r["student"])
+        ood = {str(h): agent.evaluate(run.model, run.tok, dataclasses.replace(cfg, horizon=h), "student")["success"]
+               for h in job.get("ood", ())}  # keys as JSON has them, so a result read back is the same
+    curve = [(r["round"] * cfg.tasks_per_round * cfg.group_size, r["student"])
              for r in map(json.loads, open(os.path.join(job["dir"], "metrics.jsonl"))) if r.get("eval")]
-    result = dict(method=job["method"], seed=job["seed"], pi_kind=cfg.pi_kind, final=final, curve=curve,
-                  sft=sft_result, seconds=time.time() - t0)
+    result = dict(method=job["method"], seed=job["seed"], pi_kind=cfg.pi_kind, horizon=cfg.horizon, final=final,
+                  curve=curve, sft=sft_result, ood=ood, seconds=time.time() - t0, resumed=resume)
     with open(os.path.join(job["dir"], "result.json"), "w") as f:
         json.dump(result, f)
     return result
@@ -146,11 +186,14 @@ def cached(job):
 # ----------------------------------------------------------------------------- the report
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None]
+def mean_std(values, percent=False):
+    """Mean ± std over seeds ("–" for none); with percent, in % and followed by the number of seeds."""
+    values = [100 * v if percent else v for v in values if v is not None]
     if not values:
         return "–"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+    digits = ".1f" if percent else ".3f"
+    text = f"{np.mean(values):{digits}} ± {np.std(values):{digits}}" if len(values) > 1 else f"{values[0]:{digits}}"
+    return text + (f" (n={len(values)})" if percent else "")
 
 
 def write_report(cc, command, premise, results, hardware):
@@ -163,7 +206,7 @@ def write_report(cc, command, premise, results, hardware):
         "# The paper's table on the toy world",
         "",
         f"`{command}`: {cc['seeds']} seed(s), {cc['rounds']} rounds × "
-        f"{cc['tasks_per_step']} tasks × {cc['group_size']} episodes = {cc['rounds'] * cc['tasks_per_step'] * cc['group_size']:,} "
+        f"{cc['tasks_per_round']} tasks × {cc['group_size']} episodes = {cc['rounds'] * cc['tasks_per_round'] * cc['group_size']:,} "
         f"sampled episodes per method (one gradient step per round, two for π-Distill); "
         f"SFT first trains {cc['sft_steps']} steps × "
         f"{cc['sft_batch']} frontier traces. Held-out student success (no PI) on {cc['eval_tasks']} test tasks, "
@@ -235,6 +278,171 @@ def plot(cc, premise, results):
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- running them
+
+
+def measured_premise(cfg, path):
+    """The base's premise (agent.base_statistics) at cfg's setting, measured once and kept in `path`."""
+    key = dict(model=cfg.model or base.base_cache_path(cfg), tasks=cfg.eval_tasks,  # and what shapes an episode:
+               **{k: getattr(cfg, k) for k in ("env", "horizon", "temperature", "max_turns", "max_action_tokens",
+                                               "shortcut_frac")})
+    saved = json.load(open(path)) if os.path.exists(path) else {}
+    if saved.get("key") == key:  # measured before on this very base model
+        return saved["stats"]
+    model, tok = base.load_base(cfg, agent.pick_device(cfg.device))
+    stats = agent.base_statistics(model, tok, cfg)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    json.dump(dict(key=key, stats=stats), open(path, "w"))
+    return stats
+
+
+def run_jobs(cfg, jobs, priority):
+    """Every job's result, in the jobs' order: finished runs are read back, the others run cfg.workers at a time,
+    started in the order of priority(job)."""
+    finished = [cached(j) for j in jobs]
+    todo = sorted((j for j, r in zip(jobs, finished) if r is None), key=priority)
+    print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to do, {cfg.workers} at a time; logs in "
+          f"{os.path.dirname(jobs[0]['dir'])}/*/log.txt", flush=True)
+    done, t0, ran = {}, time.time(), []
+    def report(j, r, note=""):
+        done[j["dir"]] = r | ({"beta": j["beta"]} if "beta" in j else {})
+        left = len(jobs) - len(done)
+        if not note:
+            ran.append(r["seconds"])
+        eta = f", ~{sum(ran) / len(ran) * left / min(cfg.workers, max(1, left)) / 3600:.1f} h left" if ran and left else ""
+        print(f"[{len(done)}/{len(jobs)}] {j['method']:18s} PI={r['pi_kind']:5s} horizon {r.get('horizon', 1)} "
+              f"seed {j['seed']}" + (f" β={j['beta']}" if "beta" in j else "")
+              + f" | student {r['final']['student']:.3f} teacher {r['final']['teacher']:.3f} | {r['seconds']:.0f}s"
+              + note + f" | {left} runs left{eta} | {time.time() - t0:.0f}s", flush=True)
+    for j, r in zip(jobs, finished):
+        if r is not None:
+            report(j, r, " (cached)")
+    threads = max(1, torch.get_num_threads() // cfg.workers)
+    if cfg.workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(execute, j, threads): j for j in todo}
+            for f in as_completed(futures):  # a line as each run finishes
+                report(futures[f], f.result())
+    else:
+        for j in todo:
+            report(j, execute(j, threads))
+    return [done[j["dir"]] for j in jobs]
+
+
+def hardware(cfg):
+    device = agent.pick_device(cfg.device)
+    return {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: f"Apple GPU (MPS), {platform.machine()}"
+            }.get(device.type, lambda: f"{platform.machine()} CPU, {os.cpu_count()} cores")()
+
+
+# ----------------------------------------------------------------------------- the horizon sweep
+
+def horizon_jobs(cfg):
+    """Every method at each of --horizons, seed by seed; each student is also tested at every other horizon."""
+    cc, every = dataclasses.asdict(cfg), range(1, toy_env.MAX_HORIZON + 1)
+    return [job(cc | dict(horizon=h), m, seed, a, o, s, folder="horizon") | dict(ood=[x for x in every if x != h])
+            for seed in range(cfg.seed, cfg.seed + cfg.seeds) for h in map(int, cfg.horizons.split(","))
+            for m, (a, o, s) in METHODS.items()]
+
+
+def horizon_sweep(cfg, command):
+    """Every method at each of --horizons on one episode budget; each trained student is also evaluated at the
+    other horizons (out of domain). Seed by seed, the shortest and the longest horizon run first, then the others."""
+    cc = dataclasses.asdict(cfg)
+    horizons = [int(h) for h in cfg.horizons.split(",")]
+    premise = {}
+    for h in horizons:
+        premise[h] = measured_premise(dataclasses.replace(cfg, horizon=h), os.path.join(cfg.out_dir, "horizon",
+                                                                                         f"base_h{h}.json"))
+        agent.print_base_statistics(premise[h], dataclasses.replace(cfg, horizon=h))
+    jobs = horizon_jobs(cfg)
+    ends = (min(horizons), max(horizons))
+    # seed by seed, the ends first, the shorter first; at each horizon the SFT w/ CoT run last, the other SFT first
+    results = run_jobs(cfg, jobs, lambda j: (j["seed"], j["config"]["horizon"] not in ends, j["config"]["horizon"],
+                                             j["method"] == "SFT w/ CoT + RL", j["sft"] is None))
+    print(write_horizon_report(cc, command, premise, results, hardware(cfg)))
+    plot_horizons(cc, premise, results)
+
+
+def write_horizon_report(cc, command, premise, results, hardware):
+    by = {}
+    for r in results:
+        by.setdefault((r["method"], r["horizon"]), []).append(r)
+    budget = cc["rounds"] * cc["tasks_per_round"] * cc["group_size"]
+    lines = ["# Where privileged information pays: the toy world across horizons", "",
+             f"`{command}`: {cc['rounds']} rounds × {cc['tasks_per_round']} tasks × {cc['group_size']} episodes = "
+             f"{budget:,} sampled episodes per run; SFT first trains {cc['sft_steps']} steps × {cc['sft_batch']} "
+             f"frontier traces. Horizon h: the customer makes h requests in turn (a solution takes up to 3h + 1 "
+             f"calls). Held-out student success (no PI), %, on {cc['eval_tasks']} test tasks at temperature {cc['temperature']}; mean ± "
+             f"std over seeds (n). {hardware}, {cc['workers']} runs at a time; the runs took "
+             f"{sum(r['seconds'] for r in results) / 3600:.1f} h in all (a resumed run counts from its resumption).",
+             "", "## The premise, per horizon (the one base)", "",
+             "| horizon | student | teacher, PI = calls | names | hint | KL(T‖S) per token: calls | names | hint |",
+             "|---|---|---|---|---|---|---|---|"]
+    for h, p in premise.items():
+        lines.append(f"| {h} | {100 * p['student']:.1f} | " + " | ".join(f"{100 * p[k]['teacher']:.1f}" for k in PI_KINDS)
+                     + " | " + " | ".join(f"{p[k]['kl_token']:.3f}" for k in PI_KINDS) + " |")
+    lines += ["", "## Held-out student success (%)", "", "| method | " + " | ".join(f"horizon {h}" for h in premise)
+              + " |", "|---|" + "---|" * len(premise),
+              "| base | " + " | ".join(f"{100 * p['student']:.1f}" for p in premise.values()) + " |"]
+    for method in METHODS:
+        lines.append(f"| {method} | " + " | ".join(
+            mean_std([r["final"]["student"] for r in by.get((method, h), [])], percent=True) for h in premise) + " |")
+    def kinds(runs_here, view="student"):  # the share of requests of each kind solved, mean over seeds
+        if not runs_here:
+            return "–"
+        return " / ".join(f"{100 * np.nanmean([r['final'].get(f'{view}_{k}', np.nan) for r in runs_here]):.0f}"
+                          for k in toy_env.REQUESTS)
+    lines += ["", f"## What each method learns: requests solved when answered, {' / '.join(toy_env.REQUESTS)} (%)", "",
+              "| method | " + " | ".join(f"horizon {h}" for h in premise) + " |", "|---|" + "---|" * len(premise)]
+    for method in METHODS:
+        lines.append(f"| {method} | " + " | ".join(kinds(by.get((method, h), [])) for h in premise) + " |")
+    lines += ["", "## The teacher (PI = calls) at the end, held out (%); its requests per kind", "",
+              "| method | " + " | ".join(f"horizon {h}" for h in premise) + " |", "|---|" + "---|" * len(premise)]
+    for method in PI_METHODS:
+        lines.append(f"| {method} | " + " | ".join(
+            f"{mean_std([r['final']['teacher'] for r in by.get((method, h), [])], percent=True)} "
+            f"({kinds(by.get((method, h), []), 'teacher')})" for h in premise) + " |")
+    lines += ["", "## Out of domain: trained at one horizon, the student tested at the others (%)", "",
+              "| method | trained at | " + " | ".join(f"tested at {h}" for h in premise) + " |",
+              "|---|---|" + "---|" * len(premise)]
+    lines += [f"| base | – | " + " | ".join(f"{100 * p['student']:.1f}" for p in premise.values()) + " |"]
+    for method in METHODS:
+        for h in premise:
+            runs_here = by.get((method, h), [])
+            if runs_here:
+                lines.append(f"| {method} | {h} | " + " | ".join(
+                    mean_std([r["final"]["student"] if x == h else r["ood"][str(x)] for r in runs_here], True)
+                    for x in premise) + " |")
+    lines += ["", "![held-out student success against horizon](horizon.png)", ""]
+    with open(os.path.join(cc["out_dir"], "horizon.md"), "w") as f:
+        f.write("\n".join(lines))
+    return "\n".join(lines)
+
+
+def plot_horizons(cc, premise, results):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(list(premise), [100 * p["student"] for p in premise.values()], "k--", marker="x", label="base")
+    for method in METHODS:
+        points = [(h, [100 * r["final"]["student"] for r in results if r["method"] == method and r["horizon"] == h])
+                  for h in premise]
+        points = [(h, v) for h, v in points if v]
+        if points:
+            ax.errorbar([h + 0.03 * (list(METHODS).index(method) - 3) for h, _ in points],
+                        [np.mean(v) for _, v in points], yerr=[np.std(v) for _, v in points], marker="o", capsize=3,
+                        label=method)
+    ax.set(xlabel="horizon (requests per episode)", ylabel="held-out student success (%)", xticks=list(premise),
+           ylim=(0, None), title=f"{cc['rounds'] * cc['tasks_per_round'] * cc['group_size']:,} episodes per run; "
+                                 "mean ± std over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(cc["out_dir"], "horizon.png"), dpi=100)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -244,56 +452,25 @@ def main(argv=None):
         cfg.seeds, cfg.rounds, cfg.sft_steps = min(cfg.seeds, 1), min(cfg.rounds, 100), min(cfg.sft_steps, 150)
         print(f"--quick: {cfg.seeds} seed, {cfg.rounds} rounds per method, {cfg.sft_steps} SFT steps "
               "(the full run: 3 seeds, 400 rounds, 300 SFT steps)")
+    command = " ".join(["python compare.py", *(sys.argv[1:] if argv is None else argv)])
+    runs.check_writable(cfg.out_dir)  # before any work: the premise alone takes minutes
+    if cfg.horizons:
+        return horizon_sweep(cfg, command)
     cc = dataclasses.asdict(cfg)
     t0 = time.time()
     jobs = []
-    for seed in range(cfg.seeds):
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         jobs += [job(cc, m, seed, a, o, s) for m, (a, o, s) in METHODS.items()]
         for kind in PI_KINDS[1:]:
             jobs += [job(cc, m, seed, METHODS[m][0], METHODS[m][1] | dict(pi_kind=kind), "") for m in PI_METHODS]
         for beta in BETAS:
             if beta != pi_distill.PiDistillConfig.beta:
                 jobs.append(job(cc, "π-Distill α=0", seed, "pi_distill", dict(beta=beta), "") | dict(beta=beta))
-    base_path = os.path.join(cfg.out_dir, "base.json")
-    base_key = dict(model=cfg.model or base.base_cache_path(cfg), temperature=cfg.temperature, tasks=cfg.eval_tasks)
-    saved = json.load(open(base_path)) if os.path.exists(base_path) else {}
-    if saved.get("key") == base_key:  # measured before on this very base model
-        premise = saved["stats"]
-    else:
-        model, tok = base.load_base(cfg, agent.pick_device(cfg.device))
-        premise = agent.base_statistics(model, tok, cfg)
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        json.dump(dict(key=base_key, stats=premise), open(base_path, "w"))
-    agent.print_base_statistics(premise, cfg.eval_tasks)
-    finished = [cached(j) for j in jobs]
-    results, todo = [], [j for j, r in zip(jobs, finished) if r is None]
-    print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to do, {cfg.workers} at a time; logs in "
-          f"{cfg.out_dir}/runs/*/log.txt")
-    def report(j, r, note=""):
-        results.append(r | ({"beta": j["beta"]} if "beta" in j else {}))
-        print(f"[{len(results)}/{len(jobs)}] {j['method']:18s} PI={r['pi_kind']:5s} seed {j['seed']}"
-              + (f" β={j['beta']}" if "beta" in j else "")
-              + f" | student {r['final']['student']:.3f} teacher {r['final']['teacher']:.3f} | {r['seconds']:.0f}s"
-              + note, flush=True)
-    for j, r in zip(jobs, finished):
-        if r is not None:
-            report(j, r, " (cached)")
-    todo.sort(key=lambda j: j["sft"] is None)  # SFT runs are the longest: start them first
-    threads = max(1, torch.get_num_threads() // cfg.workers)
-    if cfg.workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [(j, pool.submit(execute, j, threads)) for j in todo]
-            for j, f in futures:
-                report(j, f.result())
-    else:
-        for j in todo:
-            report(j, execute(j, threads))
-    device = agent.pick_device(cfg.device)
-    hardware = {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: f"Apple GPU (MPS), {platform.machine()}"
-                }.get(device.type, lambda: f"{platform.machine()} CPU, {os.cpu_count()} cores")()
+    premise = measured_premise(cfg, os.path.join(cfg.out_dir, "base.json"))
+    agent.print_base_statistics(premise, cfg)
+    results = run_jobs(cfg, jobs, lambda j: j["sft"] is None)  # SFT runs are the longest: start them first
     plot(cc, premise, results)
-    print(write_report(cc, " ".join(["python compare.py", *(sys.argv[1:] if argv is None else argv)]), premise, results,
-                       hardware))
+    print(write_report(cc, command, premise, results, hardware(cfg)))
     print(f"wrote {cfg.out_dir}/results.md, curves.png, kl_vs_success.png in {time.time() - t0:.0f}s")
 
 

@@ -39,6 +39,11 @@ def allows(allowed, value):
                                                                           else (value < high))
 
 
+def article(kind):
+    """'an int', 'a float': the type named as a sentence names it."""
+    return f"{'an' if kind.__name__[0] in 'aeiou' else 'a'} {kind.__name__}"
+
+
 def describe(allowed):
     return " | ".join(allowed) if isinstance(allowed, tuple) else allowed
 
@@ -49,10 +54,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class Config:
-    seed: int = knob(0, "seeds the training tasks, the sampled tokens and torch", ">= 0")
+    seed: int = knob(0, "seeds the training tasks, the sampled tokens and torch", "[0, 4294967295]")
     out_dir: str = knob("runs/agent", "where metrics.jsonl, config.json, curves.png and ckpt.pt are written")
     device: str = knob("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
     resume: bool = knob(False, "continue the run saved in out_dir/ckpt.pt")
+    overwrite: bool = knob(False, "a run already in out_dir is moved aside to <out_dir>.old-N (else it is refused)")
     model: str = knob("", "empty: the tiny model below, warmed up here; or a Hugging Face name or local folder")
     n_layer: int = knob(4, "tiny model: layers", ">= 1")
     n_embd: int = knob(128, "tiny model: width (a multiple of n_head)", ">= 2")
@@ -74,11 +80,11 @@ class Config:
     warmup_seed: int = knob(2, "warm-up: seeds the model's initialisation and the behaviour episodes", ">= 0")
     cache_dir: str = knob("", "where the warmed-up base is cached; empty: cache/ beside base.py")
     # training
-    rounds: int = knob(400, "training rounds (each samples tasks_per_step x group_size episodes)", ">= 0")
+    rounds: int = knob(400, "training rounds (each samples tasks_per_round x group_size episodes)", ">= 0")
     lr: float = knob(3e-4, "AdamW learning rate", "(0, 0.01]")
     lr_schedule: str = knob("constant", "constant | cosine (from --lr down to a tenth of it at the last round)",
                             ("constant", "cosine"))
-    tasks_per_step: int = knob(8, "tasks per round", ">= 1")
+    tasks_per_round: int = knob(8, "tasks per round", ">= 1")
     group_size: int = knob(8, "episodes per task (a group: advantages are relative to its mean)", ">= 2")
     temperature: float = knob(0.75, "sampling temperature (the paper's); the policy is softmax(logits / T)", "(0, 10]")
     clip_eps: float = knob(0.2, "PPO clip range ε of the importance ratios", "(0, 1)")
@@ -102,7 +108,7 @@ class Config:
             value, meta = getattr(self, f.name), field_metadata(type(self), f.name)
             kind = type(f.default)
             if not isinstance(value, kind) and not (kind is float and type(value) is int):
-                raise ConfigError(f"{f.name}={value!r}: expects a {kind.__name__}")
+                raise ConfigError(f"{f.name}={value!r}: expects {article(kind)}")
             if not allows(meta.get("allowed"), value):
                 raise ConfigError(f"{f.name}={value!r}: allowed {describe(meta['allowed'])} ({meta['help']})")
         if not self.out_dir:
@@ -112,7 +118,7 @@ class Config:
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"n_embd={self.n_embd}, n_head={self.n_head}: the width must split into n_head heads of "
                               "an even size (rotary embeddings rotate pairs)")
-        if self.env != "toy" and not self.env.startswith("gem:") and ":" not in self.env:
+        if self.env != "toy" and not self.env.startswith("gem:") and not re.fullmatch(r"[\w.]+:\w+", self.env):
             raise ConfigError(f"env={self.env!r}: allowed toy | gem:<GEM env id> | module:factory")
         if self.env != "toy" and self.horizon != 1:
             raise ConfigError(f"horizon={self.horizon}: a setting of the toy world; --env={self.env} has its own tasks")
@@ -140,7 +146,8 @@ def print_help(cfg_class):
         print(f"  {f'--{f.name}={f.default!r}':<32} {meta.get('help', '')}" + (f"  [{allowed}]" if allowed else ""))
 
 
-RENAMED = {"steps": "rounds", "forward_kl": "forward_kl_coef"}  # flags of earlier versions: say the new name
+RENAMED = {"steps": "rounds", "forward_kl": "forward_kl_coef", "tasks_per_step": "tasks_per_round",
+           "alpha_anneal_steps": "alpha_anneal_rounds"}  # flags of earlier versions: say the new name
 
 
 def parse_args(cfg_class=Config, argv=None):
@@ -172,7 +179,7 @@ def parse_args(cfg_class=Config, argv=None):
             else:
                 values[key] = types[key](value)
         except ValueError:
-            raise SystemExit(f"--{key} expects a {types[key].__name__}, got {value!r}") from None
+            raise SystemExit(f"--{key} expects {article(types[key])}, got {value!r}") from None
     try:
         cfg = cfg_class(**values)
     except ConfigError as err:

@@ -15,6 +15,7 @@ system prompt (pi_block). Numbered PI lines use the same step labels as the agen
 following the PI is one look-up.
 """
 import math
+import traceback
 
 PI_KINDS = ("calls", "names", "hint")  # decreasing information: the exact actions, the tool names, a hint
 PI_OPEN, PI_CLOSE = "<secret>", "</secret>"
@@ -35,8 +36,24 @@ def env_error(env, call, expected, got):
     return SystemExit(f"--env: {type(env).__name__}.{call} must return {expected}; it returned {got!r:.200}")
 
 
+def call_env(what, call, *args):
+    """call(*args), a method or factory of the user's environment: if it raises, its own traceback is printed and
+    the run stops under one line naming the call."""
+    try:
+        return call(*args)
+    except Exception as err:
+        traceback.print_exc()
+        raise SystemExit(f"--env: {what} raised {type(err).__name__} (its traceback is above)") from None
+
+
+def method(env, name):
+    if not callable(getattr(env, name, None)):
+        raise SystemExit(f"--env: {type(env).__name__} has no method {name}() (env_api.py lists what one needs)")
+    return getattr(env, name)
+
+
 def checked_reset(env, seed):
-    out = env.reset(seed)
+    out = call_env(f"{type(env).__name__}.reset({seed})", method(env, "reset"), seed)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], str) and isinstance(out[1], dict)
             and isinstance(out[1].get("system"), str)):
         raise env_error(env, f"reset({seed})", "(request: str, info: dict with a 'system' prompt str)", out)
@@ -44,14 +61,14 @@ def checked_reset(env, seed):
 
 
 def checked_privileged_info(env, kind):
-    pi = env.privileged_info(kind)
+    pi = call_env(f"{type(env).__name__}.privileged_info({kind!r})", method(env, "privileged_info"), kind)
     if not isinstance(pi, str) or not pi.strip():
         raise env_error(env, f"privileged_info({kind!r})", "a non-empty str (else the teacher is the student)", pi)
     return pi
 
 
 def checked_step(env, text):
-    out = env.step(text)
+    out = call_env(f"{type(env).__name__}.step({text!r:.60})", method(env, "step"), text)
     if not (isinstance(out, tuple) and len(out) == 5 and isinstance(out[0], str)
             and isinstance(out[1], (int, float)) and math.isfinite(out[1]) and 0 <= out[1] <= 1):
         raise env_error(env, "step(text)", "(observation: str, reward in [0, 1], terminated, truncated, info)", out)

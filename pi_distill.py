@@ -39,7 +39,7 @@ class PiDistillConfig(config.Config):
     out_dir: str = "runs/pi_distill"
     lr_schedule: str = "cosine"  # at a constant lr the student wanders once it has learned (docs/experiments.md)
     alpha: float = config.knob(0.0, "weight α of the teacher term; 1 = teacher only, 0 = student only", "[0, 1]")
-    alpha_anneal_steps: int = config.knob(15, "α grows linearly from 0 over this many rounds (the paper)", ">= 0")
+    alpha_anneal_rounds: int = config.knob(15, "α grows linearly from 0 over this many rounds (the paper)", ">= 0")
     beta: float = config.knob(0.25, "KL penalty β in the teacher's shaped reward R − β·KL_seq", ">= 0")
     kl_sum: bool = config.knob(False, "KL_seq summed over the episode's tokens instead of averaged")
     ratio_cap: float = config.knob(3.0, "dual-clip: bound on ρ_S where the advantage is negative", "> 1")
@@ -111,8 +111,8 @@ def leaks(episode):
 
 
 def annealed_alpha(cfg, round_index):
-    """α in round round_index (from 0): it grows linearly from 0 over alpha_anneal_steps rounds (the paper)."""
-    return cfg.alpha * min(1.0, (round_index + 1) / cfg.alpha_anneal_steps) if cfg.alpha_anneal_steps else cfg.alpha
+    """α in round round_index (from 0): it grows linearly from 0 over alpha_anneal_rounds rounds (the paper)."""
+    return cfg.alpha * min(1.0, (round_index + 1) / cfg.alpha_anneal_rounds) if cfg.alpha_anneal_rounds else cfg.alpha
 
 
 def kept_groups(rewards, advantages, cfg):

@@ -10,6 +10,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 
 import torch
@@ -19,6 +21,33 @@ import base
 from env_api import PI_KINDS, check_env
 
 NEW_RUN = "start a new run in another --out_dir (or delete the file)"  # what to do with a checkpoint we refuse
+RUN_FILES = ("metrics.jsonl", "config.json", "ckpt.pt")  # a folder holding any of these holds a run
+
+
+def claim_out_dir(cfg, run_files=RUN_FILES):
+    """A new run never replaces another: a used out_dir is refused, or with --overwrite moved aside to
+    <out_dir>.old-N. An out_dir that cannot be written is refused before any work. --resume leaves the folder to
+    its run."""
+    held = [f for f in run_files if os.path.exists(os.path.join(cfg.out_dir, f))]
+    if held and not cfg.resume:
+        if not cfg.overwrite:
+            raise SystemExit(f"--out_dir={cfg.out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, "
+                             "start this one in another --out_dir, or move the old one aside with --overwrite=True")
+        folder = cfg.out_dir.rstrip(os.sep)
+        aside = next(f"{folder}.old-{n}" for n in range(1, 10**6) if not os.path.exists(f"{folder}.old-{n}"))
+        os.rename(cfg.out_dir, aside)
+        print(f"--overwrite: moved the run that was in {cfg.out_dir} to {aside}")
+    check_writable(cfg.out_dir)
+
+
+def check_writable(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as err:
+        raise SystemExit(f"--out_dir={folder}: cannot write there ({err.strerror})") from None
 
 
 class Run:
@@ -31,6 +60,7 @@ class Run:
         # a model loads (or a warm-up starts) and before any file is written
         check_env(agent.environments(cfg, "train", 1)[0], PI_KINDS if cfg.base_stats else (cfg.pi_kind,))
         self.checkpoint = self.read_checkpoint() if cfg.resume else None
+        claim_out_dir(cfg)
         self.model, self.tok = base.load_base(cfg, self.device)
         if cfg.grad_checkpoint:  # keep each layer's input only; recompute the rest in the backward pass
             self.model.activation_checkpointing_enable()  # transformers 5's name for gradient_checkpointing_enable
@@ -41,13 +71,9 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.teacher = self.model  # the model whose PI view is the teacher; start() copies it unless --teacher=live
         self.extra = {}            # modules saved with the run besides the model (e.g. that copy)
-        self.round, self.last_eval = 0, None
+        self.round, self.last_eval, self.default_sigint = 0, None, None
         self.saved_round = self.checkpoint["round"] if self.checkpoint else None  # the round ckpt.pt holds
         self.t0 = time.time()
-        try:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-        except OSError as err:
-            raise SystemExit(f"--out_dir={cfg.out_dir}: cannot create it ({err.strerror})") from None
 
     def start(self):
         """A new run: the base's statistics and a round-0 evaluation; or, with --resume, the checkpoint's state."""
@@ -67,6 +93,13 @@ class Run:
             self.log(dict(round=0, eval=True, **self.evaluate()[0], base=stats))
         self.set_lr()
         self.t0 = time.time()
+        if threading.current_thread() is threading.main_thread() and self.default_sigint is None:
+            self.default_sigint = signal.signal(signal.SIGINT, self.interrupted)  # Ctrl-C: one line, no traceback
+
+    def interrupted(self, signum, frame):
+        held = (f"{self.ckpt_path} holds round {self.saved_round}: continue with --resume=True"
+                if self.saved_round is not None else "no checkpoint was written yet")
+        raise SystemExit(f"stopped by Ctrl-C during round {self.round + 1}; {held}")
 
     def set_lr(self):
         """The learning rate of the next round: --lr, or with --lr_schedule=cosine a cosine from --lr to --lr/10."""
@@ -76,8 +109,8 @@ class Run:
             group["lr"] = lr
 
     def sample_tasks(self):
-        """tasks_per_step train tasks, each repeated group_size times (one group per task)."""
-        seeds = [self.rng.randrange(agent.VAL_SEEDS) for _ in range(self.cfg.tasks_per_step)]
+        """tasks_per_round train tasks, each repeated group_size times (one group per task)."""
+        seeds = [self.rng.randrange(agent.VAL_SEEDS) for _ in range(self.cfg.tasks_per_round)]
         return [("train", s) for s in seeds for _ in range(self.cfg.group_size)]
 
     def check_finite(self, loss):
@@ -103,13 +136,17 @@ class Run:
     def finish(self):
         """Two episodes, the summary line and curves.png; returns the last evaluation."""
         cfg = self.cfg
+        if self.default_sigint is not None:
+            signal.signal(signal.SIGINT, self.default_sigint)
+            self.default_sigint = None
         _, student, teacher = self.last_eval or self.evaluate()
         agent.show_episode(student["episodes"][0], "student (no PI)")
         agent.show_episode(teacher["episodes"][0], f"teacher (PI={cfg.pi_kind})")
-        records = [json.loads(line) for line in open(self.metrics_path)]
+        records = read_metrics(self.metrics_path)
         evals = [r for r in records if r.get("eval")]
         frontier = " (frontier agent 1.000)" if cfg.env == "toy" else ""  # the toy's scripted agent solves every task
-        print(f"summary: held-out student success {evals[0]['student']:.3f} -> {evals[-1]['student']:.3f}"
+        since = f" (from round {evals[0]['round']}, the first evaluation metrics.jsonl holds)" if evals[0]["round"] else ""
+        print(f"summary: held-out student success {evals[0]['student']:.3f} -> {evals[-1]['student']:.3f}{since}"
               f"{frontier}, teacher {evals[0]['teacher']:.3f} -> {evals[-1]['teacher']:.3f}, "
               f"KL(T||S) {evals[0]['kl_token']:.3f} -> {evals[-1]['kl_token']:.3f}/token, "
               f"{time.time() - self.t0:.0f}s of training")
@@ -135,10 +172,11 @@ class Run:
         return record, s, t
 
     def print_eval(self, e):
-        def extra(view):
-            return ", ".join(f"{k.removeprefix(view + '_')} {v:.2f}" for k, v in e.items() if k.startswith(view + "_"))
-        print(f"eval round {self.round:4d} | student {e['student']:.3f} ({extra('student')}) | val {e['val']:.3f} | "
-              f"teacher {e['teacher']:.3f} ({extra('teacher')}) | KL(T||S) {e['kl_token']:.3f}/token"
+        def extra(view):  # the environment's own statistics, if it has any
+            found = [f"{k.removeprefix(view + '_')} {v:.2f}" for k, v in e.items() if k.startswith(view + "_")]
+            return f" ({', '.join(found)})" if found else ""
+        print(f"eval round {self.round:4d} | student {e['student']:.3f}{extra('student')} | val {e['val']:.3f} | "
+              f"teacher {e['teacher']:.3f}{extra('teacher')} | KL(T||S) {e['kl_token']:.3f}/token"
               + (f" | trained model's PI view {e['pi_view']:.3f}" if "pi_view" in e else ""), flush=True)
 
     # --- files
@@ -161,15 +199,10 @@ class Run:
             raise SystemExit(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
         state = base.load_file(self.ckpt_path, "checkpoint", ("model", "optimizer", "config", "config_class", "round",
                                                              "rng", "generator", "torch_rng", "extra"), NEW_RUN)
-        if state["config_class"] != type(self.cfg).__name__:
-            raise SystemExit(f"{self.ckpt_path} was made by another script's config ({state['config_class']}, not "
-                             f"{type(self.cfg).__name__}): resume it with that script, or {NEW_RUN}")
-        ours = dataclasses.asdict(self.cfg)
-        defaults = dataclasses.asdict(type(self.cfg)())  # a checkpoint older than a flag was made with its default
-        diff = [k for k in ours if k not in ("resume", "rounds") and state["config"].get(k, defaults[k]) != ours[k]]
-        if diff:
-            raise SystemExit(f"checkpoint {self.ckpt_path} was made with another config: "
-                             + ", ".join(f"{k}={state['config'].get(k)!r} (now {ours[k]!r})" for k in diff))
+        refuse_another_run(self.ckpt_path, state["config_class"], state["config"], self.cfg)
+        if state["round"] > self.cfg.rounds:
+            raise SystemExit(f"{self.ckpt_path} holds round {state['round']}, past --rounds={self.cfg.rounds}: give "
+                             f"--rounds={state['round']} or more to continue it")
         return state
 
     def resume(self):
@@ -186,10 +219,43 @@ class Run:
         self.round = state["round"]
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        if os.path.exists(self.metrics_path):  # drop records written after the checkpoint
-            lines = [line for line in open(self.metrics_path) if json.loads(line)["round"] <= self.round]
-            open(self.metrics_path, "w").writelines(lines)
+        kept = [r for r in read_metrics(self.metrics_path) if r["round"] <= self.round]  # drop rounds after ckpt.pt
+        with open(self.metrics_path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(self.metrics_path + ".tmp", self.metrics_path)  # a kill now leaves the old file or the new one
+        if not any(r.get("eval") for r in kept):
+            print(f"note: {self.metrics_path} holds no evaluation before round {self.round}: the summary starts there")
         print(f"resumed {self.ckpt_path} at round {self.round}")
+
+
+def refuse_another_run(path, saved_class, saved, cfg):
+    """Stops a resume whose saved run (its config class and config, from `path`) is another script's or was made
+    with other settings; what only names the folder (the run is in it) or acts only at a start or end may differ."""
+    if saved_class != type(cfg).__name__:
+        raise SystemExit(f"{path} was made by another script's config ({saved_class}, not {type(cfg).__name__}): "
+                         f"resume it with that script, or {NEW_RUN}")
+    ours = dataclasses.asdict(cfg)
+    defaults = dataclasses.asdict(type(cfg)())  # a run older than a flag was made with its default
+    same_run = ("resume", "overwrite", "rounds", "out_dir", "base_stats")
+    diff = [k for k in ours if k not in same_run and saved.get(k, defaults[k]) != ours[k]]
+    if diff:
+        raise SystemExit(f"{path} was made with another config: "
+                         + ", ".join(f"{k}={saved.get(k)!r} (now {ours[k]!r})" for k in diff))
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl; a torn last line (a kill mid-write) is dropped, any other bad line named."""
+    if not os.path.exists(path):
+        return []
+    lines = open(path).read().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise SystemExit(f"{path}: line {i + 1} is not JSON; fix or delete the file") from None
+    return records
 
 
 def plot_curves(records, path, title):

@@ -10,7 +10,9 @@ import json
 import math
 import os
 import random
+import signal
 import string
+import types
 
 import pytest
 import torch
@@ -633,9 +635,10 @@ def test_config_overrides_and_clear_errors():
     cfg = config.parse_args(config.Config, ["--lr=0.01", "--resume=true", "--pi_kind=names", "--rounds=3"])
     assert (cfg.lr, cfg.resume, cfg.pi_kind, cfg.rounds) == (0.01, True, "names", 3)
     assert config.parse_args(config.Config, ["--resume"]).resume  # a bare flag sets a boolean
-    for argv, needle in [(["--lr_rate=1"], "lr_rate"), (["--rounds=ten"], "--rounds"), (["lr=1"], "--key=value"),
+    for argv, needle in [(["--lr_rate=1"], "lr_rate"), (["--rounds=ten"], "--rounds expects an int"), (["lr=1"], "--key=value"),
                          (["--resume=maybe"], "--resume"), (["--pi_kind=all"], "pi_kind"), (["--lr"], "--key=value"),
                          (["--quik"], "unknown config key 'quik'"), (["--steps=3"], "--steps is now --rounds"),
+                         (["--tasks_per_step=3"], "--tasks_per_step is now --tasks_per_round"),
                          (["--horizon=2", "--env=gem:game:X"], "a setting of the toy world")]:
         with pytest.raises(SystemExit) as err:
             config.parse_args(config.Config, argv)
@@ -646,11 +649,11 @@ BAD_FLAGS = [  # every one stops the run at parse time, naming its key
     ("--alpha=2", "alpha"), ("--alpha=-1", "alpha"), ("--group_size=1", "group_size"), ("--lr=1e3", "lr"),
     ("--temperature=-1", "temperature"), ("--beta=-5", "beta"), ("--clip_eps=-1", "clip_eps"), ("--lr=-1", "lr"),
     ("--shortcut_frac=2", "shortcut_frac"), ("--rounds=-1", "rounds"), ("--eval_tasks=-5", "eval_tasks"),
-    ("--n_head=3", "n_head"), ("--group_size=0", "group_size"), ("--tasks_per_step=0", "tasks_per_step"),
+    ("--n_head=3", "n_head"), ("--group_size=0", "group_size"), ("--tasks_per_round=0", "tasks_per_round"),
     ("--eval_every=0", "eval_every"), ("--temperature=0", "temperature"), ("--eval_tasks=0", "eval_tasks"),
     ("--max_action_tokens=0", "max_action_tokens"), ("--updates_per_round=0", "updates_per_round"),
     ("--out_dir=", "out_dir"), ("--device=foo", "device"), ("--lr=nan", "lr"), ("--ratio_cap=0.5", "ratio_cap"),
-    ("--env=nonsense", "env"), ("--horizon=0", "horizon"), ("--horizon=4", "horizon")]
+    ("--env=nonsense", "env"), ("--horizon=0", "horizon"), ("--horizon=4", "horizon"), ("--seed=4294967296", "seed")]
 
 
 @pytest.mark.parametrize("flag,key", BAD_FLAGS)
@@ -697,7 +700,7 @@ def test_unavailable_device_and_missing_model_are_one_line(monkeypatch):
 # ------------------------------------------------ agent.py, base.py: tokenizer, rollouts, two views, the base
 
 TINY = dict(n_layer=1, n_embd=32, n_head=2, warmup_steps=4, warmup_batch=8, warmup_eval_every=4,
-            eval_tasks=16, tasks_per_step=2, group_size=4, eval_every=2, rounds=2)
+            eval_tasks=16, tasks_per_round=2, group_size=4, eval_every=2, rounds=2)
 
 
 @pytest.fixture(scope="session")
@@ -780,6 +783,26 @@ def test_evaluate_counts_the_first_action_as_the_model_wrote_it(tiny, monkeypatc
     assert agent.evaluate(None, None, cfg, n=8)["lookup_first"] == 0.75
 
 
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_statistics_count_the_requests_of_each_kind_solved(horizon):
+    """cancel / return / status: the share of requests of that kind solved when answered, found by replaying the
+    episode's actions. The frontier's episodes solve every kind; answering "done" at once solves none."""
+    env = toy_env.ToyShopEnv("test", horizon=horizon)
+    def episodes(actions_of):
+        out = []
+        for seed in range(60):
+            env.reset(seed)
+            turns = [(f" {a}", env.step(a)[0]) for a in actions_of(env)]
+            out.append(agent.Episode("test", seed, "", "", "", dict(shortcut=False), [], [], [], turns))
+        return out
+    frontier = env.statistics(episodes(lambda e: [a for _, a in e.demonstration()]))
+    assert [frontier[k] for k in toy_env.REQUESTS] == [1.0, 1.0, 1.0]
+    hasty = env.statistics(episodes(lambda e: ["respond done"] * horizon))
+    assert [hasty[k] for k in toy_env.REQUESTS] == [0.0, 0.0, 0.0]
+    half = env.statistics(episodes(lambda e: [a for _, a in e.demonstration()][:-1] + ["respond wrong"]))
+    assert half["status"] < 1.0 and (horizon == 1 or half["cancel"] > 0.0)  # only the last request fails
+
+
 def test_held_out_episodes_naming_training_pool_entities_are_counted(tiny, monkeypatch):
     """train_pool: the share of held-out episodes that write a name, item or id of the training pool (ids of
     the training pool in a test task are memorised, never read); nan on training tasks, where they belong."""
@@ -852,10 +875,10 @@ def test_one_training_step_with_a_pretrained_model(hf_model_dir, tmp_path, algor
     monkeypatch.setattr(toy_env.ToyShopEnv, "success", lambda self: coin.random() < 0.5)
     module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
     cfg_class = {"pi_distill": pi_distill.PiDistillConfig, "opsd": opsd.OPSDConfig}[algorithm]
-    cfg = cfg_class(model=hf_model_dir, out_dir=str(tmp_path), rounds=1, tasks_per_step=2, group_size=2,
+    cfg = cfg_class(model=hf_model_dir, out_dir=str(tmp_path), rounds=1, tasks_per_round=2, group_size=2,
                     eval_tasks=4, teacher="live") if algorithm == "opsd" else \
-        cfg_class(model=hf_model_dir, out_dir=str(tmp_path), rounds=1, tasks_per_step=2, group_size=2, eval_tasks=4,
-                  alpha_anneal_steps=0)
+        cfg_class(model=hf_model_dir, out_dir=str(tmp_path), rounds=1, tasks_per_round=2, group_size=2, eval_tasks=4,
+                  alpha_anneal_rounds=0)
     run = Run(cfg, algorithm)
     before = [p.detach().clone() for p in run.model.parameters()]
     final = module.train(cfg, run)
@@ -954,6 +977,57 @@ def test_nan_guard_says_which_checkpoint_exists(tiny, tmp_path, monkeypatch):
         pi_distill.train(cfg, run)
 
 
+def test_a_used_out_dir_is_refused_or_moved_aside_never_replaced(tiny, tmp_path):
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path / "run", rounds=1)
+    pi_distill.train(cfg)
+    first = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    with pytest.raises(SystemExit, match=r"holds a run \(metrics.jsonl, config.json, ckpt.pt\).*--resume=True.*--overwrite"):
+        Run(cfg, "again")
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == first
+    pi_distill.train(dataclasses.replace(cfg, overwrite=True))
+    assert (tmp_path / "run.old-1" / "metrics.jsonl").read_bytes() == first and (tmp_path / "run" / "ckpt.pt").exists()
+    with pytest.raises(SystemExit, match="cannot write there"):  # a folder that cannot be made (root writes anywhere)
+        Run(dataclasses.replace(cfg, out_dir=str(tmp_path / "run" / "ckpt.pt" / "sub")), "x")
+
+
+def test_resume_takes_the_folder_however_written_and_refuses_fewer_rounds(tiny, tmp_path, capsys):
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path / "run", rounds=2, eval_every=1)
+    pi_distill.train(cfg)
+    for name in (str((tmp_path / "run").resolve()) + "/", "./" + os.path.relpath(tmp_path / "run")):
+        Run(dataclasses.replace(cfg, out_dir=name, resume=True, base_stats=True), "x")  # accepted
+    with pytest.raises(SystemExit, match="holds round 2, past --rounds=1"):
+        Run(dataclasses.replace(cfg, resume=True, rounds=1), "x")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    whole = metrics.read_text()
+    metrics.write_text(whole + '{"round": 3, "ev')  # a kill while a line was written
+    pi_distill.train(dataclasses.replace(cfg, resume=True, rounds=3))
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["round"] for r in records if not r.get("eval")] == [1, 2, 3]
+    metrics.unlink()
+    capsys.readouterr()
+    pi_distill.train(dataclasses.replace(cfg, resume=True, rounds=4))
+    out = capsys.readouterr().out
+    assert "holds no evaluation before round 3" in out and "(from round 4, the first evaluation" in out
+    metrics.write_text('{"round": 1}\nnot json\n{"round": 2}\n')
+    with pytest.raises(SystemExit, match="line 2 is not JSON"):
+        pi_distill.train(dataclasses.replace(cfg, resume=True, rounds=5))
+
+
+def test_ctrl_c_stops_with_one_line_naming_the_checkpoint(tiny, tmp_path):
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, rounds=1)
+    before = signal.getsignal(signal.SIGINT)
+    run = Run(cfg, "x")
+    run.start()
+    assert signal.getsignal(signal.SIGINT) == run.interrupted
+    with pytest.raises(SystemExit, match="stopped by Ctrl-C during round 1; no checkpoint was written yet"):
+        run.interrupted(signal.SIGINT, None)
+    run.save()
+    with pytest.raises(SystemExit, match=f"{tmp_path}/ckpt.pt holds round 0: continue with --resume=True"):
+        run.interrupted(signal.SIGINT, None)
+    pi_distill.train(cfg, run)
+    assert signal.getsignal(signal.SIGINT) == before  # given back when the run ends
+
+
 class EndlessEnv:
     """A user's environment that never ends an episode (and pays nothing)."""
     def __init__(self, split, cfg):
@@ -1012,10 +1086,67 @@ def test_a_malformed_environment_is_refused_naming_the_method(hf_model_dir, brok
         agent.rollout(model, tok, cfg, [("train", 0)], False, torch.Generator().manual_seed(0))
 
 
+class RaisingEnv(EndlessEnv):
+    def __init__(self, split, cfg, where):
+        if where == "factory":
+            raise RuntimeError("the database is down")
+        super().__init__(split, cfg)
+        self.where = where
+    def reset(self, seed):
+        if self.where == "reset":
+            raise KeyError("no such task")
+        return super().reset(seed)
+
+
+class NoPIEnv:
+    def __init__(self, split, cfg):
+        pass
+    def reset(self, seed):
+        return "hi", dict(system="you talk")
+
+
+@pytest.mark.parametrize("env,needle", [
+    ("test_all:raising_factory", r"--env: test_all.raising_factory\('train', cfg\) raised RuntimeError"),
+    ("test_all:raising_reset", r"--env: RaisingEnv.reset\(0\) raised KeyError"),
+    ("test_all:NoPIEnv", r"NoPIEnv has no method privileged_info\(\)"),
+    ("test_all:EndlessEnv_with_a_typo", "cannot import EndlessEnv_with_a_typo from test_all"),
+    ("env_with_a_syntax_error:make", r"env_with_a_syntax_error.py, line 1: "),
+    ("no_such_module_here:make", "cannot import no_such_module_here")])
+def test_a_users_failing_environment_shows_its_traceback_under_one_line(env, needle, tmp_path, monkeypatch, capsys):
+    (tmp_path / "env_with_a_syntax_error.py").write_text("def make(split, cfg) return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = config.parse_args(config.Config, [f"--env={env}", "--model=unused", f"--out_dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit, match=needle):
+        Run(cfg, "x")
+    if "raised" in needle:  # the user's own exception stays visible
+        assert ("the database is down" if "factory" in env else "no such task") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit, match="env=':make': allowed"):
+        config.parse_args(config.Config, ["--env=:make"])
+
+
+def raising_factory(split, cfg):
+    return RaisingEnv(split, cfg, "factory")
+
+
+def raising_reset(split, cfg):
+    return RaisingEnv(split, cfg, "reset")
+
+
+def test_an_evaluation_without_environment_statistics_prints_none(capsys):
+    Run.print_eval(types.SimpleNamespace(round=3), dict(student=0.5, val=0.4, teacher=0.75, kl_token=0.1))
+    assert capsys.readouterr().out.startswith("eval round    3 | student 0.500 | val 0.400 | teacher 0.750 | KL")
+
+
+def test_a_folder_that_is_not_a_model_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="holds no Hugging Face model"):
+        base.load_pretrained(str(tmp_path), torch.device("cpu"))
+
+
 def test_opsd_steps_move_the_student_toward_a_frozen_teacher(tmp_path):
     """On the shipped base, with β large enough that the KL term leads: KL(π_S ‖ π_T) on fixed student
     episodes must fall within a few OPSD steps."""
-    cfg = opsd.OPSDConfig(out_dir=str(tmp_path), lr=1e-3, beta=5.0, teacher="frozen", tasks_per_step=4, rounds=6,
+    cfg = opsd.OPSDConfig(out_dir=str(tmp_path), lr=1e-3, beta=5.0, teacher="frozen", tasks_per_round=4, rounds=6,
                           base_stats=False, eval_tasks=8)
     run = Run(cfg, "opsd")
     teacher = copy.deepcopy(run.model)  # what the frozen teacher is: the base
@@ -1171,7 +1302,7 @@ def test_one_training_step_on_a_gem_game(hf_model_dir, tmp_path, algorithm, monk
     monkeypatch.setattr(gem_env, "solved", lambda game, g: coin.random() < 0.5)
     module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
     argv = ["--env=gem:game:GuessTheNumber-v0-easy", f"--model={hf_model_dir}", f"--out_dir={tmp_path}", "--rounds=1",
-            "--tasks_per_step=2", "--group_size=2", "--eval_tasks=4"]
+            "--tasks_per_round=2", "--group_size=2", "--eval_tasks=4"]
     cfg = config.parse_args(pi_distill.PiDistillConfig if algorithm == "pi_distill" else opsd.OPSDConfig,
                            argv + (["--teacher=live"] if algorithm == "opsd" else []))
     run = Run(cfg, algorithm)
@@ -1197,7 +1328,7 @@ def test_env_module_factory_example_from_the_docs(hf_model_dir, tmp_path, monkey
     # with micro-batches and checkpointing; evaluation's 6 tasks are then played 4 (one round) at a time
     cfg = config.parse_args(pi_distill.PiDistillConfig, [
         "--env=reverse_env:make", f"--model={hf_model_dir}", f"--out_dir={tmp_path / 'run'}", "--rounds=1",
-        "--tasks_per_step=2", "--group_size=2", "--eval_tasks=6", "--micro_batch=2", "--grad_checkpoint=True"])
+        "--tasks_per_round=2", "--group_size=2", "--eval_tasks=6", "--micro_batch=2", "--grad_checkpoint=True"])
     env = agent.make_env(cfg, "test")
     request, info = env.reset(0)
     word = request.split()[1]
@@ -1236,9 +1367,9 @@ def test_micro_batches_and_checkpointing_give_the_full_batch_gradient(tiny, tmp_
     episodes (the checkpointed model, in training mode, still samples with its KV cache), the same accumulated
     gradient and the same round statistics. π-Distill at α = 0.5, so the teacher view's gradient is in it too."""
     module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
-    extra = dict(alpha=0.5, alpha_anneal_steps=0) if algorithm == "pi_distill" else {}
+    extra = dict(alpha=0.5, alpha_anneal_rounds=0) if algorithm == "pi_distill" else {}
     cfg = tiny_run_config(module.PiDistillConfig if algorithm == "pi_distill" else module.OPSDConfig, tiny,
-                          tmp_path / "full", tasks_per_step=4, group_size=4, rounds=1, base_stats=False, **extra)
+                          tmp_path / "full", tasks_per_round=4, group_size=4, rounds=1, base_stats=False, **extra)
     chunked_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "chunks"), micro_batch=6, grad_checkpoint=True)
     def one_round(cfg):
         run = Run(cfg, "x")
@@ -1335,3 +1466,30 @@ def test_compare_runs_every_method_on_one_budget_and_never_redoes_a_run(tmp_path
     monkeypatch.setattr(compare, "execute", lambda *args: pytest.fail("a finished run was redone"))
     compare.main(argv)
     assert (tmp_path / "results.md").read_text() == table
+
+
+def test_compare_jobs_keep_each_algorithms_defaults_the_users_flags_and_seeds():
+    cfg = config.parse_args(compare.CompareConfig, ["--lr=1e-3", "--seed=5", "--seeds=2", "--horizons=1,3"])
+    jobs = compare.horizon_jobs(cfg)
+    built = [compare.ALGORITHMS[j["algorithm"]][1](**j["config"]) for j in jobs]  # what execute will run
+    assert len(jobs) == 2 * 2 * len(compare.METHODS) and len({j["dir"] for j in jobs}) == len(jobs)
+    assert {c.seed for c in built} == {5, 6} and {c.horizon for c in built} == {1, 3}
+    assert all(c.lr == 1e-3 for c in built)  # a flag the user set reaches every method
+    by_method = {j["method"]: c for j, c in zip(jobs, built)}
+    assert by_method["π-Distill α=0"].lr_schedule == "cosine" and by_method["OPSD"].teacher == "frozen"
+    assert by_method["RL"].beta == 0.0 and by_method["π-Distill α=1"].alpha_anneal_rounds == 0
+    assert jobs[0]["ood"] == [2, 3]
+    assert "lr_schedule" not in jobs[0]["config"]  # a run is named by what differs from its algorithm's defaults
+    for bad in ["0", "1,x", "1,1", "4"]:
+        with pytest.raises(config.ConfigError, match="horizons"):
+            compare.CompareConfig(horizons=bad)
+
+
+def test_compare_measures_the_premise_again_when_an_episode_would_change(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(base, "load_base", lambda cfg, device: (None, None))
+    monkeypatch.setattr(agent, "base_statistics", lambda model, tok, cfg: calls.append(cfg) or {"student": 0.0})
+    path = str(tmp_path / "base.json")
+    for flags in [{}, {}, dict(max_action_tokens=4), dict(horizon=2), dict(shortcut_frac=0.5)]:
+        compare.measured_premise(compare.CompareConfig(**flags), path)
+    assert len(calls) == 4  # the second call read the first's figures back; every other changed setting measured

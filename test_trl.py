@@ -63,7 +63,7 @@ def task_coin_shop(split, cfg):  # --env=test_trl:task_coin_shop
 
 
 def small(cfg_class, hf_dir, out_dir, **kw):
-    return cfg_class(**dict(dict(model=hf_dir, out_dir=str(out_dir), rounds=1, tasks_per_step=2, group_size=4,
+    return cfg_class(**dict(dict(model=hf_dir, out_dir=str(out_dir), rounds=1, tasks_per_round=2, group_size=4,
                                  eval_tasks=2, base_stats=False, device="cpu", env="test_trl:coin_shop"), **kw))
 
 
@@ -108,7 +108,7 @@ def assert_close(grads_a, grads_b):
 
 @pytest.mark.parametrize("alpha,trust_region", [(0.0, False), (0.5, False), (1.0, False), (0.0, True)])
 def test_trl_pi_distill_equals_the_native_loop(hf_model_dir, tmp_path, alpha, trust_region, monkeypatch):  # noqa: F811
-    cfg = small(pi_distill.PiDistillConfig, hf_model_dir, tmp_path / "trl", alpha=alpha, alpha_anneal_steps=0,
+    cfg = small(pi_distill.PiDistillConfig, hf_model_dir, tmp_path / "trl", alpha=alpha, alpha_anneal_rounds=0,
                 updates_per_round=1, student_trust_region=trust_region)
     trainer = trl_trainers.PiDistillTrainer(cfg)
     out = one_batch(trainer)
@@ -134,8 +134,8 @@ def test_trl_pi_distill_at_alpha_1_is_plain_grpo(hf_model_dir, tmp_path):  # noq
     """α = 1: the teacher term alone, the clipped surrogate of GRPO with the KL-shaped advantage, equal to
     GRPOTrainer._compute_loss (loss_type="dapo") on the same inputs. One task, so no prompt is padded: TRL's own
     forward has no position ids."""
-    cfg = small(pi_distill.PiDistillConfig, hf_model_dir, tmp_path, alpha=1.0, alpha_anneal_steps=0,
-                tasks_per_step=1, group_size=8)
+    cfg = small(pi_distill.PiDistillConfig, hf_model_dir, tmp_path, alpha=1.0, alpha_anneal_rounds=0,
+                tasks_per_round=1, group_size=8)
     trainer = trl_trainers.PiDistillTrainer(cfg)
     out = trainer._generate_and_score_completions([dict(prompt="train 3") for _ in range(8)])
     assert out["keep"].all() and out["prompt_mask"].all()
@@ -189,7 +189,7 @@ def test_trl_two_process_run_keeps_the_ranks_equal(hf_model_dir, tmp_path):  # n
     ranks. Both ranks end with the same parameters; each round's record covers both ranks' episodes (6, not 3),
     and its mean reward (a coin per task) equals the one-process run's, which plays the same tasks."""
     flags = ["pi_distill", f"--model={hf_model_dir}", "--env=test_trl:task_coin_shop", "--rounds=3",
-             "--tasks_per_step=3", "--group_size=2", "--eval_tasks=2", "--eval_every=2", "--base_stats=False",
+             "--tasks_per_round=3", "--group_size=2", "--eval_tasks=2", "--eval_every=2", "--base_stats=False",
              "--device=cpu", "--leak_penalty=0"]
     stdout, rounds, evals = run_cli(flags, tmp_path / "two", processes=2)
     assert "parameters equal on all 2 ranks" in stdout
@@ -202,7 +202,7 @@ def test_trl_two_process_run_keeps_the_ranks_equal(hf_model_dir, tmp_path):  # n
 
 
 def test_trl_run_resumes_from_its_checkpoint(hf_model_dir, tmp_path):  # noqa: F811
-    flags = ["pi_distill", f"--model={hf_model_dir}", "--env=test_trl:coin_shop", "--tasks_per_step=2",
+    flags = ["pi_distill", f"--model={hf_model_dir}", "--env=test_trl:coin_shop", "--tasks_per_round=2",
              "--group_size=2", "--eval_tasks=2", "--eval_every=1", "--base_stats=False", "--device=cpu",
              f"--out_dir={tmp_path}"]
     trl_trainers.main(flags + ["--rounds=2"])
@@ -214,6 +214,19 @@ def test_trl_run_resumes_from_its_checkpoint(hf_model_dir, tmp_path):  # noqa: F
     assert [r["round"] for r in records if r.get("eval")] == [0, 1, 2, 3]
     with pytest.raises(SystemExit, match="no checkpoint"):
         trl_trainers.main(flags[:-1] + [f"--out_dir={tmp_path / 'empty'}", "--resume=True"])
+    before = {p.name for p in tmp_path.iterdir()}
+    for argv, needle in [(flags + ["--rounds=4"], "holds a run .*--resume=True"),  # refused before any work
+                         (["opsd"] + flags[1:] + ["--rounds=4", "--resume=True"], "another script's config"),
+                         (flags + ["--rounds=4", "--resume=True", "--lr=0.01"], r"another config: lr=0.0003 \(now 0.01\)"),
+                         (flags + ["--rounds=0"], "--rounds=0")]:
+        with pytest.raises(SystemExit, match=needle):
+            trl_trainers.main(argv)
+    assert {p.name for p in tmp_path.iterdir()} == before
+    last = max(tmp_path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    weights = last / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a checkpoint torn mid-write
+    with pytest.raises(SystemExit, match=f"{last}: cannot be read .*delete that folder"):
+        trl_trainers.main(flags + ["--rounds=4", "--resume=True"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gem") is None, reason="the gem-llm package is not installed")

@@ -41,6 +41,7 @@ generalisation, not memorisation. Every id is a short word so that a BPE tokeniz
 
     python toy_env.py      # shows a few tasks played by the frontier agent, with every prompt
 """
+import itertools
 import math
 import random
 import re
@@ -169,19 +170,30 @@ class ToyShopEnv:
     def demonstration(self):
         return frontier_demo(self.task)
 
-    @staticmethod
-    def statistics(episodes):
+    def statistics(self, episodes):
         """What the evaluation reports beside success: success on the shortcut tasks (whose PI starts with a step
-        the student cannot reproduce) and on the others, how often a shortcut task's first action is the user
-        lookup (the student's way) rather than the frontier's shortcut, and, on held-out tasks, the share of
-        episodes whose actions name an entity of the training pool: memorised, never read in this task (a
-        collapsing policy writes them). nan where there is nothing to count."""
+        the student cannot reproduce) and on the others; the share of requests of each kind (cancel, return,
+        status) solved when answered, so a curve shows which kinds a policy learns; how often a shortcut task's
+        first action is the user lookup (the student's way) rather than the frontier's shortcut; and, on held-out
+        tasks, the share of episodes whose actions name an entity of the training pool: memorised, never read in
+        this task (a collapsing policy writes them). nan where there is nothing to count."""
         short = [e for e in episodes if e.info["shortcut"]]
         def rate(hits):
             return sum(hits) / len(hits) if hits else math.nan
+        solved = {kind: [] for kind in REQUESTS}
+        replay = ToyShopEnv(horizon=self.horizon, max_turns=10**6)  # the asks do not depend on shortcut_frac
+        for e in episodes:
+            replay.split = e.split
+            replay.reset(e.seed)
+            for text, _ in e.turns:
+                if not replay.done:
+                    replay.step(text)
+            for ask, ok in itertools.zip_longest(replay.task["asks"], replay.closed, fillvalue=False):
+                solved[ask["kind"]].append(ok)
         held_out = [e for e in episodes if e.split != "train"]
         return dict(shortcut=rate([e.reward for e in short]),
                     normal=rate([e.reward for e in episodes if not e.info["shortcut"]]),
+                    **{kind: rate(hits) for kind, hits in solved.items()},
                     lookup_first=rate([e.turns[0][0].split()[:1] == ["find_user"] for e in short]),
                     train_pool=rate([any(w in TRAIN_ENTITIES for text, _ in e.turns for w in text.split())
                                      for e in held_out]))

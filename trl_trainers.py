@@ -10,7 +10,7 @@ the rest to TRL and accelerate: data parallelism (DDP, DeepSpeed ZeRO, FSDP), ch
         trl_trainers.py pi_distill --model=Qwen/Qwen3-0.6B --env=gem:game:TowerofHanoi-v0-easy ...
 
 The flags are those of pi_distill.py and opsd.py (`--help` lists them). One native round is one TRL generation
-batch, tasks_per_step x group_size episodes over all ranks, and updates_per_round optimizer steps on it (TRL's
+batch, tasks_per_round x group_size episodes over all ranks, and updates_per_round optimizer steps on it (TRL's
 num_iterations). Where each piece goes in GRPOTrainer (trl 1.16; these are private methods, hence the pin):
 - rollout_func (TRL's hook for custom rollouts) plays each rank's episodes with agent.rollout in the sampling view
   (π-Distill: the teacher, the PI block in its system prompt; OPSD: the student) and scores them in both views
@@ -23,6 +23,7 @@ num_iterations). Where each piece goes in GRPOTrainer (trl 1.16; these are priva
 docs/scaling_out.md has the commands, what is tested and what is not.
 """
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ import config
 import opsd
 import pi_distill
 import rl
+import run as runs
 from env_api import PI_KINDS, check_env
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in trl 1.16
@@ -85,8 +87,12 @@ class TwoViewTrainer(GRPOTrainer):
                              "CUDA_VISIBLE_DEVICES); allowed auto | cpu")
         if cfg.resume and cfg.teacher == "ema":
             raise SystemExit("--resume with --teacher=ema: TRL's checkpoint does not hold the EMA teacher")
+        if cfg.rounds == 0:
+            raise SystemExit("--rounds=0: TRL trains at least one round (to evaluate a model alone, use pi_distill.py "
+                             "or opsd.py with --rounds=0)")
         self.cfg = cfg
         check_env(agent.environments(cfg, "train", 1)[0], PI_KINDS if cfg.base_stats else (cfg.pi_kind,))
+        self.claim_out_dir(cfg)
         args = args or self.make_args(cfg)
         wrong = [f"{k}={getattr(args, k)!r} (allowed {v})" for k, v in REFUSED.items() if getattr(args, k) not in v]
         if wrong:
@@ -103,27 +109,54 @@ class TwoViewTrainer(GRPOTrainer):
         self.evaluated = set()  # rounds whose evaluation metrics.jsonl holds
         if self.accelerator.is_main_process:
             self.keep_records_up_to(self.resumed_round() if cfg.resume else -1)
+            with open(os.path.join(cfg.out_dir, RUN_CONFIG), "w") as f:  # what a --resume is checked against
+                json.dump(dict(config_class=type(cfg).__name__, config=dataclasses.asdict(cfg)), f, indent=1)
 
-    def resumed_round(self):
+    def claim_out_dir(self, cfg):
+        """As the native scripts: a used out_dir is refused (or moved aside by rank 0 with --overwrite); a resumed
+        one must hold this script's run with this config (config.json), and a last checkpoint that can be read."""
+        held = [name for name in os.listdir(cfg.out_dir) if name.startswith("checkpoint-")] \
+            if os.path.isdir(cfg.out_dir) else []
+        if int(os.environ.get("RANK", 0)) != 0:  # rank 0 checks and claims the folder for all
+            return
+        runs.claim_out_dir(cfg, runs.RUN_FILES + (RUN_CONFIG, "model.safetensors", *held))
+        saved = os.path.join(cfg.out_dir, RUN_CONFIG)
+        if cfg.resume:
+            checkpoint = self.resumed_round_folder()
+            if not os.path.exists(saved):
+                raise SystemExit(f"--resume=True but {saved} is missing: {cfg.out_dir} holds no run of trl_trainers.py")
+            try:
+                saved_run = json.load(open(saved))
+            except (OSError, json.JSONDecodeError) as err:
+                raise SystemExit(f"{saved}: cannot be read ({err}); {runs.NEW_RUN}") from None
+            runs.refuse_another_run(saved, saved_run.get("config_class"), saved_run.get("config", {}), cfg)
+            check_checkpoint(checkpoint)
+
+    def resumed_round_folder(self):
         checkpoint = get_last_checkpoint(self.cfg.out_dir)
         if checkpoint is None:
             raise SystemExit(f"--resume=True but {self.cfg.out_dir} holds no checkpoint-N folder")
-        return int(checkpoint.rsplit("-", 1)[1]) // self.updates_per_round
+        return checkpoint
+
+    def resumed_round(self):
+        return int(self.resumed_round_folder().rsplit("-", 1)[1]) // self.updates_per_round
 
     def keep_records_up_to(self, last_round):
-        """metrics.jsonl without the records after the checkpoint the run resumes from (all of them, for a new run)."""
-        lines = open(self.metrics_path).readlines() if last_round >= 0 and os.path.exists(self.metrics_path) else []
-        lines = [line for line in lines if json.loads(line)["round"] <= last_round]
-        open(self.metrics_path, "w").writelines(lines)
-        self.evaluated = {json.loads(line)["round"] for line in lines if json.loads(line).get("eval")}
+        """metrics.jsonl without the records after the checkpoint the run resumes from (all of them, for a new run),
+        rewritten atomically."""
+        records = [r for r in runs.read_metrics(self.metrics_path) if r["round"] <= last_round]
+        with open(self.metrics_path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(self.metrics_path + ".tmp", self.metrics_path)
+        self.evaluated = {r["round"] for r in records if r.get("eval")}
 
     def make_args(self, cfg):
-        """GRPOConfig from the project's config: a round is one generation batch of tasks_per_step x group_size
+        """GRPOConfig from the project's config: a round is one generation batch of tasks_per_round x group_size
         episodes over all ranks, micro_batch episodes per forward/backward on each."""
         n_ranks = ranks(cfg)
-        episodes = cfg.tasks_per_step * cfg.group_size
+        episodes = cfg.tasks_per_round * cfg.group_size
         if episodes % n_ranks:
-            raise SystemExit(f"--tasks_per_step={cfg.tasks_per_step} x --group_size={cfg.group_size} = {episodes} "
+            raise SystemExit(f"--tasks_per_round={cfg.tasks_per_round} x --group_size={cfg.group_size} = {episodes} "
                              f"episodes per round do not split over {n_ranks} ranks")
         per_rank = episodes // n_ranks
         micro = min(cfg.micro_batch or per_rank, per_rank)
@@ -148,7 +181,7 @@ class TwoViewTrainer(GRPOTrainer):
         group_size times and shuffles the rows with --seed)."""
         rng = random.Random(cfg.seed)
         return Dataset.from_dict(dict(prompt=[f"train {rng.randrange(agent.VAL_SEEDS)}"
-                                              for _ in range(cfg.rounds * cfg.tasks_per_step)]))
+                                              for _ in range(cfg.rounds * cfg.tasks_per_round)]))
 
     # --- 1. sample (TRL's rollout_func), 2-4. score both views and shape the reward
     def play(self, prompts):
@@ -271,6 +304,23 @@ class TwoViewTrainer(GRPOTrainer):
             if self.round not in self.evaluated:
                 self.evaluate()
             self.save_model(self.cfg.out_dir)
+
+
+RUN_CONFIG = "run_config.json"  # the run's config (config.json is the saved model's own)
+
+
+def check_checkpoint(folder):
+    """Reads a TRL checkpoint's files before TRL does, so a truncated one stops the run in one line."""
+    from safetensors.torch import load_file
+    try:
+        json.load(open(os.path.join(folder, "trainer_state.json")))
+        load_file(os.path.join(folder, "model.safetensors"))
+        for name in ("optimizer.pt", "scheduler.pt"):
+            if os.path.exists(os.path.join(folder, name)):
+                torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True)
+    except Exception as err:  # what each reader raises on a torn file differs: json, safetensors, torch
+        raise SystemExit(f"{folder}: cannot be read ({type(err).__name__}: {str(err)[:120]}); delete that folder to "
+                         "resume from the checkpoint before it, or start anew in another --out_dir") from None
 
 
 def on_cpu(cfg):
