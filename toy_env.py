@@ -343,8 +343,12 @@ def frontier_policy(env, seed, rng):
         env.step(action)
 
 
-if __name__ == "__main__":
-    for horizon, seeds in ((1, (0, 1, 3)), (3, (0,))):
+if __name__ == "__main__":  # python toy_env.py [--horizon=H]: tasks at horizon H (default: 1 and 3), then statistics
+    import sys
+    shown = [arg.removeprefix("--horizon=") for arg in sys.argv[1:]]
+    if shown and (len(shown) > 1 or shown[0] not in [str(h) for h in range(1, MAX_HORIZON + 1)]):
+        raise SystemExit(f"usage: python toy_env.py [--horizon=1..{MAX_HORIZON}]")
+    for horizon, seeds in [(int(shown[0]), (0, 1))] if shown else ((1, (0, 1, 3)), (3, (0,))):
         env = ToyShopEnv("train", horizon=horizon)
         for seed in seeds:
             request, info = env.reset(seed)
