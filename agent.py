@@ -1,13 +1,7 @@
 """
-agent.py -- the LM agent both algorithms share: its tokenizer and tiny model, batched multi-turn rollouts with a
-KV cache, scoring the same tokens with and without the privileged information, and held-out evaluation.
-
-An episode is one token sequence:  prompt | continuation.
-    prompt        <|system|> system text [PI block] <|end|> <|user|> request <|end|>
-    continuation  <|assistant|> step1 action <|end|> <|tool|> observation <|end|> <|assistant|> step2 action ...
-The step labels match the PI's numbered lines ("step2 get_orders U37"), so following the PI is one look-up.
-The teacher's prompt holds the PI block, the student's does not; the continuation is the same tokens in
-both views, and only the tokens the model wrote (actions and their <|end|>) get loss, ratios and KL.
+agent.py -- the LM agent both algorithms share: its tiny model, batched multi-turn rollouts with a KV cache in the
+chat format of chat.py, scoring the same tokens with and without the privileged information, and held-out
+evaluation.
 """
 import dataclasses
 import importlib
@@ -15,64 +9,11 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import tiktoken
 import torch
 import torch.nn.functional as F
 
 import rl
-import toy_env
-from env_api import PI_KINDS, call_env, checked_privileged_info, checked_reset, checked_step, pi_block, step_label
-
-# ----------------------------------------------------------------------------- tokenizer
-
-SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>", "<|pad|>")
-PATTERN = r"\n| ?[^\s]+| +"  # words keep their leading space, so a word tokenizes the same everywhere
-
-
-class ChatTokenizer:
-    """A tiktoken.Encoding with BPE ranks trained on the toy world, plus role tokens.
-    Each segment is encoded on its own and the token lists are concatenated (never a joined string)."""
-
-    def __init__(self, ranks):
-        specials = {s: len(ranks) + i for i, s in enumerate(SPECIALS)}
-        self.enc = tiktoken.Encoding("toyshop", pat_str=PATTERN, mergeable_ranks=ranks, special_tokens=specials)
-        self.system, self.user, self.assistant, self.tool, self.end, self.pad = specials.values()
-        self.vocab_size = self.enc.n_vocab
-
-    def encode(self, text):
-        return self.enc.encode_ordinary(text)
-
-    def decode(self, ids):
-        return self.enc.decode([i for i in ids if i < self.system])
-
-    def prompt(self, system, request, pi=""):
-        return ([self.system, *self.encode(system), *self.encode(pi_block(pi)), self.end,
-                 self.user, *self.encode(request), self.end])
-
-    def turn_header(self, turn):
-        """Opens model turn `turn` (1, 2, ...): the role token and the step label the PI also uses. The model then
-        writes " action" (leading space), the very tokens of the PI line "step3 return #99"."""
-        return [self.assistant, *self.encode(step_label(turn))]
-
-    def observation(self, obs, next_turn):
-        """What follows a model turn that did not end the episode: the tool's output and the next turn's header."""
-        return [self.tool, *self.encode(obs), self.end, *self.turn_header(next_turn)]
-
-
-def episode_tokens(tok, turns):
-    """Continuation tokens and model-written mask for a list of (model text, observation or None at the end)."""
-    tokens = tok.turn_header(1)
-    mask = [0] * len(tokens)
-    for turn, (text, obs) in enumerate(turns, 1):
-        written = tok.encode(" " + text) + [tok.end]
-        tokens += written
-        mask += [1] * len(written)
-        if obs is not None:
-            after = tok.observation(obs, turn + 1)
-            tokens += after
-            mask += [0] * len(after)
-    return tokens, mask
-
+from env_api import PI_KINDS, call_env, checked_privileged_info, checked_reset, checked_step, env_factory
 
 # ----------------------------------------------------------------------------- model
 
@@ -135,11 +76,9 @@ class Episode:
 
 
 def make_env(cfg, split):
-    """An environment of a task split ("train" or "test"), chosen by --env (env_api.py says what it must do):
-    the toy world, a GEM game (gem_env.make, imported only then) or a user's module:factory(split, cfg)."""
-    if cfg.env == "toy":
-        return toy_env.ToyShopEnv(split, max_turns=cfg.max_turns, shortcut_frac=cfg.shortcut_frac, horizon=cfg.horizon)
-    module, _, factory = ("gem_env", "", "make") if cfg.env.startswith("gem:") else cfg.env.partition(":")
+    """An environment of a task split ("train" or "test"), chosen by --env (env_api.py says what it must do): the
+    toy world (toy_env.make), a GEM game (gem_env.make) or a user's module:factory(split, cfg), imported only then."""
+    module, _, factory = env_factory(cfg.env).partition(":")
     try:
         imported = importlib.import_module(module)
     except SyntaxError as err:

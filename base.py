@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 import agent
+import chat
 import toy_env
 from config import Config, parse_args
-from env_api import PI_KINDS, pi_block, step_label
+from env_api import PI_KINDS
 
 WARMUP_SEEDS = 1_000_000  # warm-up tasks: seeds from here on, in both pools, never used elsewhere
 
@@ -32,7 +33,7 @@ WARMUP_SEEDS = 1_000_000  # warm-up tasks: seeds from here on, in both pools, ne
 def train_bpe(texts):
     """Byte-pair merges learned on word counts, until every word seen twice is one token.
     Ties break on the bytes, so the result is deterministic."""
-    words = Counter(w.encode() for t in texts for w in re.findall(agent.PATTERN, t))
+    words = Counter(w.encode() for t in texts for w in re.findall(chat.PATTERN, t))
     ranks = {bytes([i]): i for i in range(256)}
     parts = {w: [bytes([b]) for b in w] for w in words}
     while True:
@@ -71,47 +72,6 @@ def environment_texts(n_tasks=1500):
 # ----------------------------------------------------------------------------- a pretrained model (--model)
 
 
-class HFChatTokenizer:
-    """A pretrained model's own tokenizer and chat template behind ChatTokenizer's interface (--model=...).
-    The PI block goes at the end of the system message; the tool's observation comes back as a user message
-    (the role every template has); a model turn ends with the tokenizer's eos token (<|im_end|> for ChatML).
-    The template's pieces are found by rendering short conversations and taking the differences."""
-
-    def __init__(self, hf):
-        self.hf, self.vocab_size, self.end = hf, len(hf), hf.eos_token_id
-        self.pad = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
-        head = [dict(role="system", content="S"), dict(role="user", content="U")]
-        self.generation_prompt = self._render(head, True)[len(self._render(head)):]
-        # the text around an observation, rendered once (not per turn): from the end of a model turn ("A" + eos) to
-        # a placeholder user message, and from it to the next generation prompt. One rendering, not a difference of
-        # two: templates such as Qwen3's render an earlier turn differently once a user message follows it.
-        marker, closing = "OBSERVATION", "A" + hf.decode([self.end])
-        text = self._render(head + [dict(role="assistant", content="A"), dict(role="user", content=marker)], True)
-        self.obs_before, self.obs_after = text[text.index(closing) + len(closing):].split(marker)
-
-    def _render(self, messages, generation_prompt=False):
-        # enable_thinking=False: Qwen3 answers without a <think> block (a turn here is a few tokens); other templates
-        # ignore the flag
-        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                           enable_thinking=False)
-
-    def encode(self, text):
-        return self.hf.encode(text, add_special_tokens=False)
-
-    def decode(self, ids):
-        return self.hf.decode(ids, skip_special_tokens=True)
-
-    def prompt(self, system, request, pi=""):
-        return self.encode(self._render([dict(role="system", content=system + pi_block(pi)),
-                                         dict(role="user", content=request)]))
-
-    def turn_header(self, turn):
-        return self.encode(self.generation_prompt + step_label(turn))
-
-    def observation(self, obs, next_turn):
-        return self.encode(self.obs_before + obs + self.obs_after + step_label(next_turn))
-
-
 # ----------------------------------------------------------------------------- the warm-up and its cache
 
 
@@ -124,7 +84,7 @@ def warmup_example(tok, cfg, rng):
     request, history = toy_env.noisy_episode(env, WARMUP_SEEDS + rng.randrange(10**6), rng, cfg.warmup_skill)
     actions = [a for a, _ in history]
     pi = toy_env.render_pi(env.task, rng.choice(PI_KINDS), actions) if rng.random() < cfg.warmup_pi_frac else ""
-    tokens, mask = agent.episode_tokens(tok, [(a, o) for a, o in history[:-1]] + [(actions[-1], None)])
+    tokens, mask = chat.episode_tokens(tok, [(a, o) for a, o in history[:-1]] + [(actions[-1], None)])
     prompt = tok.prompt(toy_env.system_prompt(), request, pi)
     return prompt + tokens, [0] * len(prompt) + mask
 
@@ -234,14 +194,14 @@ def load_base(cfg, device):
     if cfg.model:
         model, hf = load_pretrained(cfg.model, device)
         print(f"base model: {cfg.model} ({agent.param_count(model)} parameters)")
-        return model, HFChatTokenizer(hf)
+        return model, chat.HFChatTokenizer(hf)
     if cfg.env != "toy":
         raise SystemExit(f"--env={cfg.env} needs a pretrained model: pass --model=<Hugging Face name or local path>. "
                          "The built-in tiny model knows only the toy world (its tokenizer and warm-up come from it).")
     path = base_cache_path(cfg)
     if os.path.exists(path):
         saved = load_file(path, "cached base model", ("model", "ranks", "seconds"), "delete it to rebuild the base")
-        tok = agent.ChatTokenizer(saved["ranks"])
+        tok = chat.ChatTokenizer(saved["ranks"])
         model = agent.tiny_model(cfg, tok.vocab_size)
         try:
             model.load_state_dict(saved["model"])
@@ -251,7 +211,7 @@ def load_base(cfg, device):
         print(f"base model: loaded {path} (warm-up took {saved['seconds']:.0f}s when built)")
         return model.to(device), tok
     t0 = time.time()
-    tok = agent.ChatTokenizer(train_bpe(environment_texts()))
+    tok = chat.ChatTokenizer(train_bpe(environment_texts()))
     print(f"tokenizer: {tok.vocab_size} tokens, trained in {time.time() - t0:.1f}s")
     torch.manual_seed(cfg.warmup_seed)
     model = agent.tiny_model(cfg, tok.vocab_size).to(device)

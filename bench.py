@@ -11,6 +11,7 @@ import torch
 
 import agent
 import base
+import chat
 import config
 import toy_env
 
@@ -72,7 +73,7 @@ def order_id_probe(model, tok, cfg, n_tasks=600):
             continue
         first, _, write = [action for _, action in toy_env.frontier_demo(env.task)][:3]
         second = f"get_orders {env.task['uid']}"
-        tokens, _ = agent.episode_tokens(tok, [(first, env.step(first)[0]), (second, env.step(second)[0]),
+        tokens, _ = chat.episode_tokens(tok, [(first, env.step(first)[0]), (second, env.step(second)[0]),
                                                (write, None)])
         seqs.append(tok.prompt(toy_env.system_prompt(), request) + tokens)  # ends: ' cancel', ' #12', end of turn
         listed_ids.append([tok.encode(" " + oid)[0] for oid in env.task["orders"]])

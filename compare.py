@@ -31,6 +31,7 @@ import torch
 
 import agent
 import base
+import chat
 import config
 import opsd
 import pi_distill
@@ -93,7 +94,7 @@ def frontier_example(tok, env, seed, cot):
         obs = env.step(action)[0]
         turns.append((f"{reasoning}\n{action}" if cot else action, obs))
     turns[-1] = (turns[-1][0], None)  # the episode ends with the last action
-    tokens, mask = agent.episode_tokens(tok, turns)
+    tokens, mask = chat.episode_tokens(tok, turns)
     prompt = tok.prompt(info["system"], request)
     return prompt + tokens, [0] * len(prompt) + mask
 
@@ -358,8 +359,10 @@ def horizon_sweep(cfg, command):
     jobs = horizon_jobs(cfg)
     ends = (min(horizons), max(horizons))
     # seed by seed, the ends first, the shorter first; at each horizon the SFT w/ CoT run last, the other SFT first
-    results = run_jobs(cfg, jobs, lambda j: (j["seed"], j["config"]["horizon"] not in ends, j["config"]["horizon"],
-                                             j["method"] == "SFT w/ CoT + RL", j["sft"] is None))
+    def priority(j):
+        h = j["config"].get("horizon", 1)  # a job's config holds only what differs from the defaults
+        return j["seed"], h not in ends, h, j["method"] == "SFT w/ CoT + RL", j["sft"] is None
+    results = run_jobs(cfg, jobs, priority)
     print(write_horizon_report(cc, command, premise, results, hardware(cfg)))
     plot_horizons(cc, premise, results)
 

@@ -32,6 +32,11 @@ def pi_block(pi_text):
     return f"\n{PI_OPEN}\n{pi_text}\n{PI_CLOSE}" if pi_text else ""
 
 
+def env_factory(env):
+    """--env as module:factory(split, cfg): the built-in worlds by name, a user's as given."""
+    return "toy_env:make" if env == "toy" else "gem_env:make" if env.startswith("gem:") else env
+
+
 def env_error(env, call, expected, got):
     return SystemExit(f"--env: {type(env).__name__}.{call} must return {expected}; it returned {got!r:.200}")
 

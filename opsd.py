@@ -72,38 +72,54 @@ def kept_groups(rewards, cfg):
 
 
 def train(cfg, run=None):
-    """Algorithm 2, one round per loop iteration, in the paper's order. run: a Run whose model to start from
-    (compare.py fine-tunes it first); by default the base."""
+    """Algorithm 2, one round per loop iteration, in the paper's order (PAPER.md §5). run: a Run whose model to start
+    from (compare.py fine-tunes it first); by default the base."""
     run = run or Run(cfg, f"OPSD (β={cfg.beta}, {cfg.teacher} teacher)")
     run.start()  # the base's statistics and a round-0 evaluation (or, with --resume, the saved state)
-    model, teacher, tok, temp = run.model, run.teacher, run.tok, cfg.temperature
+    model, tok, temp = run.model, run.tok, cfg.temperature
+    # the teacher π_T is the PI view of a copy of the base which run.start() made: frozen (--teacher=frozen, the
+    # default here: a live shared-weight teacher collapses in this world) or following the model (--teacher=ema,
+    # below); or this model's own PI view (--teacher=live, the paper)
+    teacher = run.teacher
+    # run.optimizer is AdamW(model.parameters(), weight_decay=0), made in Run.__init__ (run.py)
     while run.round < cfg.rounds:
         t0 = time.time()
-        # 1. sample G episodes of each task from the student view π_S(· | s): no PI in the prompt
-        episodes = agent.rollout(model, tok, cfg, run.sample_tasks(), with_pi=False, generator=run.generator)
+        lr = run.set_lr()  # --lr, or with --lr_schedule=cosine a cosine from --lr to --lr/10
+        # 1. sample from the student view π_S(· | s), no PI in its prompt: tasks_per_round train tasks, each
+        #    group_size times in a row, so episodes [g·G, (g+1)·G) are task g's group
+        tasks = run.sample_tasks()
+        episodes = agent.rollout(model, tok, cfg, tasks, with_pi=False, generator=run.generator)
         R = torch.tensor([e.reward for e in episodes], device=run.device)
-        keep = kept_groups(R, cfg)
+        kept = kept_groups(R, cfg)
         batches = agent.micro_batches(episodes, cfg)  # whole groups; one batch, all episodes, unless --micro_batch
-        masks, logps_old = zip(*(agent.batch_continuations(b, run.device)[1:] for b in batches))  # [B, L] each
+        masks, logps_student_old = [], []  # per batch, [B, L]: 1 on the tokens the model wrote; log π_S,old(o_t),
+        for b in batches:                  # the log-probs the sampler (this model, θ_old) recorded as it wrote them
+            _, mask, logp_sampled = agent.batch_continuations(b, run.device)
+            masks.append(mask)
+            logps_student_old.append(logp_sampled)
         sizes = [len(b) for b in batches]
-        n_tokens = sum(m[k].sum().item() for m, k in zip(masks, keep.split(sizes)))
-        # 2-5. per micro-batch: score both views, KL, advantages, loss, backward; then one optimizer step
+        R, keep = R.split(sizes), kept.split(sizes)  # per batch
+        n_tokens = sum(mask[k].sum().item() for mask, k in zip(masks, keep))
+        # 2-5. per micro-batch: score both views, the KL, the advantages, the loss, backward; then one optimizer
+        #      step. One step per round on fresh samples: ρ = π_S,θ / π_S,old is 1 at that step, so the clip
+        #      rarely acts (it would on a second step on the same samples)
         run.optimizer.zero_grad(set_to_none=True)
         stats = {}
-        for b, mask, logp_old, R_b, k in zip(batches, masks, logps_old, R.split(sizes), keep.split(sizes)):
+        for i, b in enumerate(batches):
+            k, mask = keep[i], masks[i]
             if not k.any():
                 continue
             with torch.no_grad():  # sg π_T: the teacher view only scores the student's tokens
                 logits_T, logp_teacher = agent.score(teacher, tok, b, "teacher", temp)
             logits_S, logp_student = agent.score(model, tok, b, "student", temp)
             log_ratio = (logp_student.detach() - logp_teacher) * mask  # sampled log π_S − log π_T: a reward only
-            shaped = R_b - cfg.beta * log_ratio.sum(1) if cfg.kl_estimator == "reward" else R_b
+            shaped = R[i] - cfg.beta * log_ratio.sum(1) if cfg.kl_estimator == "reward" else R[i]
             A = rl.group_advantages(shaped, cfg.group_size)
             kl_tokens = rl.kl_per_position(logits_S, logits_T)[k] if cfg.kl_estimator == "analytic" else None
             if cfg.kl_estimator == "token":
                 A = A.unsqueeze(1) - cfg.beta * log_ratio
-            loss, batch_stats = opsd_loss(logp_student[k], logp_old[k], A[k], mask[k], cfg.beta, cfg.clip_eps,
-                                          kl_tokens)
+            loss, batch_stats = opsd_loss(logp_student[k], logps_student_old[i][k], A[k], mask[k], cfg.beta,
+                                          cfg.clip_eps, kl_tokens)
             batch_stats["entropy_S"] = rl.mean_entropy(logits_S[k], mask[k])  # the student's, on its own tokens
             run.check_finite(loss)
             weight = mask[k].sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
@@ -115,8 +131,8 @@ def train(cfg, run=None):
         if cfg.teacher == "ema":
             rl.ema_update(teacher, model, cfg.ema_decay)
         # 6. log; every eval_every rounds evaluate on held-out tasks and write ckpt.pt
-        run.end_round(dict(student_success=R.mean().item(), groups=keep.float().mean().item(), **stats),
-                      time.time() - t0)
+        run.end_round(dict(lr=lr, student_success=torch.cat(R).mean().item(), groups=kept.float().mean().item(),
+                           **stats), time.time() - t0)
     return run.finish()
 
 

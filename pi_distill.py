@@ -123,64 +123,81 @@ def kept_groups(rewards, advantages, cfg):
 
 
 def train(cfg, run=None):
-    """Algorithm 1, one round per loop iteration, in the paper's order. run: a Run whose model to start from
-    (compare.py fine-tunes it first); by default the base."""
+    """Algorithm 1, one round per loop iteration, its steps numbered as PAPER.md §4 numbers them. run: a Run whose
+    model to start from (compare.py fine-tunes it first); by default the base."""
     run = run or Run(cfg, "π-Distill")
     run.start()  # the base's statistics and a round-0 evaluation (or, with --resume, the saved state)
-    model, teacher, tok, temp = run.model, run.teacher, run.tok, cfg.temperature  # teacher is model unless --teacher
+    model, tok, temp = run.model, run.tok, cfg.temperature
+    # the teacher π_T is this model's PI view (--teacher=live, the paper), or that of a copy of the base which
+    # run.start() made and which stays frozen (--teacher=frozen) or follows the model (--teacher=ema, below)
+    teacher = run.teacher
+    # run.optimizer is AdamW(model.parameters(), weight_decay=0), made in Run.__init__ (run.py)
     while run.round < cfg.rounds:
         t0 = time.time()
-        # 1. sample G episodes of each task from the teacher view π_T(· | s, I): the PI block in the prompt
-        episodes = agent.rollout(teacher, tok, cfg, run.sample_tasks(), with_pi=True, generator=run.generator)
+        lr = run.set_lr()  # --lr, or with --lr_schedule=cosine (the default here) a cosine from --lr to --lr/10
+        # 1. sample from the teacher view π_T(· | s, I), the PI block in its prompt: tasks_per_round train tasks,
+        #    each group_size times in a row, so episodes [g·G, (g+1)·G) are task g's group
+        tasks = run.sample_tasks()
+        episodes = agent.rollout(teacher, tok, cfg, tasks, with_pi=True, generator=run.generator)
         R = torch.tensor([e.reward - cfg.leak_penalty * leaks(e) for e in episodes], device=run.device)
         batches = agent.micro_batches(episodes, cfg)  # whole groups; one batch, all episodes, unless --micro_batch
-        # model-token masks and the behaviour log-probs log π_T,old(o_t), [B, L] per batch
-        masks, logps_old = zip(*(agent.batch_continuations(b, run.device)[1:] for b in batches))
-        # 2. score the sampled tokens in both views at θ_old; 3. KL_seq: the exact KL(π_T ‖ π_S) over the vocabulary
-        #    at each written position, averaged over the episode's tokens unless --kl_sum (a sum of a few nats would
-        #    swamp a 0/1 reward)
-        kl, logps_student_old = [], []  # [B] per batch; log π_S,old(o_t) [B, L] per batch
+        masks, logps_teacher_old = [], []  # per batch, [B, L]: 1 on the tokens the model wrote; log π_T,old(o_t),
+        for b in batches:                  # the log-probs the sampler recorded as it wrote them (θ_old)
+            _, mask, logp_sampled = agent.batch_continuations(b, run.device)
+            masks.append(mask)
+            logps_teacher_old.append(logp_sampled)
+        # 2. KL_seq: the exact KL(π_T ‖ π_S) over the vocabulary at each written position, at θ_old, averaged over
+        #    the episode's tokens unless --kl_sum (a sum of a few nats would swamp a 0/1 reward); the student's
+        #    log-probs at θ_old too (for --student_trust_region)
+        kl, logps_student_old = [], []  # [B] and [B, L] per batch
         with torch.no_grad():
-            for b, m in zip(batches, masks):
+            for b, mask in zip(batches, masks):
                 logits_S, logp_S = agent.score(model, tok, b, "student", temp)
-                kl.append(rl.kl_per_episode(agent.score(teacher, tok, b, "teacher", temp)[0], logits_S, m))
+                kl.append(rl.kl_per_episode(agent.score(teacher, tok, b, "teacher", temp)[0], logits_S, mask))
                 logps_student_old.append(logp_S)
-        kl = torch.cat(kl)
-        kl_seq = kl if cfg.kl_sum else kl / torch.cat(masks).sum(1).clamp(min=1)
-        # 4. shaped reward R − β·KL_seq and group advantages A; groups with no signal (all A = 0) are dropped, or with
-        #    --drop_flat_rewards those whose rewards are all equal (their A would be β·KL differences alone)
+        kl_seq = torch.cat(kl) if cfg.kl_sum else torch.cat(kl) / torch.cat(masks).sum(1).clamp(min=1)
+        # 3. shaped reward R − β·KL_seq and group advantages A (reward minus its group's mean); groups with no
+        #    signal (all A = 0) are dropped, or with --drop_flat_rewards those whose rewards are all equal
         A = rl.group_advantages(R - cfg.beta * kl_seq, cfg.group_size)
-        keep = kept_groups(R, A, cfg)
+        kept = kept_groups(R, A, cfg)
         sizes = [len(b) for b in batches]
-        n_tokens = sum(m[k].sum().item() for m, k in zip(masks, keep.split(sizes)))
+        A, keep = A.split(sizes), kept.split(sizes)  # per batch
+        n_tokens = sum(mask[k].sum().item() for mask, k in zip(masks, keep))
         alpha = annealed_alpha(cfg, run.round)
-        # 5. updates_per_round gradient steps on these samples: loss α·L_T + (1 − α)·L_S, backward, optimizer step
-        for _ in range(cfg.updates_per_round if keep.any() else 0):
+        # 4-6. loss α·L_T + (1 − α)·L_S over the kept episodes' tokens, backward, optimizer step; updates_per_round
+        #      steps on the same samples (π_T,old stays the sampler's: ρ_T moves away from 1 after the first)
+        steps = []  # each gradient step's statistics
+        for _ in range(cfg.updates_per_round if kept.any() else 0):
             run.optimizer.zero_grad(set_to_none=True)
             stats = {}
-            for b, mask, logp_old, logp_S_old, A_b, k in zip(batches, masks, logps_old, logps_student_old,
-                                                               A.split(sizes), keep.split(sizes)):
+            for i, b in enumerate(batches):
+                k, mask = keep[i], masks[i][keep[i]]
                 if not k.any():
                     continue
                 with torch.no_grad() if alpha == 0 else nullcontext():  # at α = 0, π_T enters only as sg π_T
                     logits_T, logp_teacher = agent.score(teacher, tok, b, "teacher", temp)
                 logits_S, logp_student = agent.score(model, tok, b, "student", temp)
                 kl_tokens = rl.kl_per_position(logits_T.detach(), logits_S)[k] if cfg.forward_kl_coef else None
-                loss, batch_stats = pi_distill_loss(logp_teacher[k], logp_old[k], logp_student[k], A_b[k], mask[k],
-                                                    alpha, cfg.clip_eps, cfg.ratio_cap, kl_tokens, cfg.forward_kl_coef,
-                                                    logp_S_old[k] if cfg.student_trust_region else None)
-                batch_stats["entropy_S"] = rl.mean_entropy(logits_S[k], mask[k])  # the student's, on π_T's tokens
+                logp_student_old = logps_student_old[i][k] if cfg.student_trust_region else None
+                loss, batch_stats = pi_distill_loss(logp_teacher[k], logps_teacher_old[i][k], logp_student[k], A[i][k],
+                                                    mask, alpha, cfg.clip_eps, cfg.ratio_cap, kl_tokens,
+                                                    cfg.forward_kl_coef, logp_student_old)
+                batch_stats["entropy_S"] = rl.mean_entropy(logits_S[k], mask)  # the student's, on π_T's tokens
                 run.check_finite(loss)
-                weight = mask[k].sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
+                weight = mask.sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
                 (loss * weight).backward()
                 stats = {key: stats.get(key, 0.0) + weight * value for key, value in batch_stats.items()}
             stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()  # before clipping
             run.optimizer.step()
-        # 6. log; every eval_every rounds evaluate on held-out tasks and write ckpt.pt
+            steps.append(stats)
         if cfg.teacher == "ema":
             rl.ema_update(teacher, model, cfg.ema_decay)
-        summary = dict(teacher_success=sum(e.reward for e in episodes) / len(episodes), kl=kl_seq.mean().item())
-        summary |= dict(alpha=alpha, groups=keep.float().mean().item(), **stats) if keep.any() else dict(groups=0.0)
+        # log the round (the update statistics averaged over its gradient steps); every eval_every rounds
+        # evaluate on held-out tasks and write ckpt.pt
+        summary = dict(lr=lr, teacher_success=sum(e.reward for e in episodes) / len(episodes),
+                       kl_seq=kl_seq.mean().item(), groups=kept.float().mean().item())
+        if steps:
+            summary |= dict(alpha=alpha, **{key: sum(s[key] for s in steps) / len(steps) for key in steps[0]})
         run.end_round(summary, time.time() - t0)
     return run.finish()
 

@@ -91,7 +91,6 @@ class Run:
             if stats:
                 agent.print_base_statistics(stats, cfg)
             self.log(dict(round=0, eval=True, **self.evaluate()[0], base=stats))
-        self.set_lr()
         self.t0 = time.time()
         if threading.current_thread() is threading.main_thread() and self.default_sigint is None:
             self.default_sigint = signal.signal(signal.SIGINT, self.interrupted)  # Ctrl-C: one line, no traceback
@@ -102,11 +101,13 @@ class Run:
         raise SystemExit(f"stopped by Ctrl-C during round {self.round + 1}; {held}")
 
     def set_lr(self):
-        """The learning rate of the next round: --lr, or with --lr_schedule=cosine a cosine from --lr to --lr/10."""
+        """Sets and returns the learning rate of this round: --lr, or with --lr_schedule=cosine a cosine from --lr
+        to --lr/10 over the run's rounds."""
         cfg, frac = self.cfg, min(1.0, self.round / max(1, self.cfg.rounds - 1))
         lr = cfg.lr if cfg.lr_schedule == "constant" else cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        return lr
 
     def sample_tasks(self):
         """tasks_per_round train tasks, each repeated group_size times (one group per task)."""
@@ -123,10 +124,9 @@ class Run:
     def end_round(self, stats, seconds):
         """Log and print the round; every eval_every rounds (and at the last) evaluate and write ckpt.pt."""
         self.round += 1
-        self.set_lr()
         stats["time"] = seconds
         self.log(dict(round=self.round, **stats))
-        print(f"round {self.round:4d} | " + " | ".join(f"{k} {v:.3g}" for k, v in stats.items()), flush=True)
+        print(f"round {self.round:4d} | " + " | ".join(f"{k} {v:#.3g}" for k, v in stats.items()), flush=True)
         if self.round % self.cfg.eval_every == 0 or self.round == self.cfg.rounds:
             self.last_eval = self.evaluate()
             self.print_eval(self.last_eval[0])

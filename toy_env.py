@@ -251,6 +251,11 @@ class ToyShopEnv:
         return len(self.closed) == len(self.task["asks"]) and all(self.closed) and sorted(self.writes) == wanted
 
 
+def make(split, cfg):
+    """--env=toy: the factory agent.make_env calls, as it calls a user's."""
+    return ToyShopEnv(split, max_turns=cfg.max_turns, shortcut_frac=cfg.shortcut_frac, horizon=cfg.horizon)
+
+
 def turn_limit(max_turns, horizon):
     """The turn limit grows with the task: three more turns per further request (lookup, write, answer)."""
     return max_turns + 3 * (horizon - 1)
@@ -282,8 +287,7 @@ def noisy_episode(env, seed, rng, skill=0.0, answer_prob=0.4):
     random *grounded* action -- its decisions are noisy (tool order, early answers, a wrong but seen
     order), its arguments are always copied from what it has seen for the current request: the item of the
     customer's latest message, an order id read since it. Returns (request, [(action, obs)]).
-    With skill 0 (a uniform choice among grounded actions) it solves about 3% of horizon-1 tasks, with 0.1 (the
-    base model's warm-up) about 6% (see `python toy_env.py`)."""
+    How often it succeeds at each skill and horizon: `python toy_env.py` (docs/toy_world.md has the figures)."""
     request, _ = env.reset(seed)
     t = env.task
     seen_uid, seen_orders, history, done = None, {}, [], False
