@@ -1244,3 +1244,35 @@ def test_the_readmes_paper_to_code_tables_name_code_that_exists():
                 assert callable(getattr(__import__(module), name)), f"{module}.{name}"
                 named += 1
     assert checked >= 10 and named >= 8, (checked, named)
+
+
+def test_the_horizon_sweep_runs_each_job_once_reports_each_and_writes_the_table(tmp_path, monkeypatch, capsys):
+    """compare.py --horizons=1,3 with each run replaced by a stand-in: the premise measured per horizon, a progress
+    line per run (with the runs left), the table with per-kind and out-of-domain rows; rerun, nothing is redone."""
+    monkeypatch.setattr(compare, "measured_premise", lambda cfg, path: dict(
+        student=0.01 * cfg.horizon, **{k: dict(teacher=0.5, delta=0.5, kl_episode=1.0, kl_token=0.1) for k in env_api.PI_KINDS}))
+    monkeypatch.setattr(agent, "print_base_statistics", lambda stats, cfg: None)
+    started = []
+    def fake_execute(job, threads):
+        cfg = compare.ALGORITHMS[job["algorithm"]][1](**job["config"])
+        started.append((job["method"], cfg.horizon))
+        result = dict(method=job["method"], seed=job["seed"], pi_kind=cfg.pi_kind, horizon=cfg.horizon, curve=[],
+                      final=dict(student=0.5, teacher=0.6, **{f"{v}_{k}": 0.25 for v in ("student", "teacher")
+                                                              for k in toy_env.REQUESTS}),
+                      sft=None, ood={str(h): 0.1 for h in job["ood"]}, seconds=1.0, resumed=False)
+        os.makedirs(job["dir"], exist_ok=True)
+        json.dump(result, open(os.path.join(job["dir"], "result.json"), "w"))
+        return result
+    monkeypatch.setattr(compare, "execute", fake_execute)
+    argv = ["--horizons=1,3", "--seeds=1", "--workers=1", f"--out_dir={tmp_path}"]
+    compare.main(argv)
+    assert sorted(started) == sorted((m, h) for h in (1, 3) for m in compare.METHODS)
+    assert started[0] == ("SFT w/o CoT + RL", 1) and started[6] == ("SFT w/ CoT + RL", 1)  # its longest run last
+    out = capsys.readouterr().out
+    assert "[14/14]" in out and "13 runs left" in out and "0 runs left" in out
+    table = (tmp_path / "horizon.md").read_text()
+    assert "| π-Distill α=0 | 50.0 (n=1) | 50.0 (n=1) |" in table and "| RL | 25 / 25 / 25 | 25 / 25 / 25 |" in table
+    assert "| OPSD | 3 | 10.0 (n=1) | 50.0 (n=1) |" in table  # trained at 3: tested at 1 (out of domain), then 3
+    monkeypatch.setattr(compare, "execute", lambda *a: pytest.fail("a finished run was redone"))
+    compare.main(argv)
+    assert (tmp_path / "horizon.md").read_text() == table
