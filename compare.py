@@ -115,8 +115,7 @@ def sft(run, cot, cc):
                 best = (val, copy.deepcopy(run.model.state_dict()), step)
     run.model.load_state_dict(best[1])
     test = agent.evaluate(run.model, run.tok, run.cfg, "student")
-    return dict(val=best[0], step=best[2], student=test["success"], student_shortcut=test["shortcut"],
-                student_normal=test["normal"])
+    return dict(val=best[0], step=best[2], student=test["success"], **agent.prefixed("student", test))
 
 
 # ----------------------------------------------------------------------------- one run, cached
@@ -217,13 +216,13 @@ def write_report(cc, command, premise, results, hardware):
         "| method | student | shortcut tasks | other tasks | teacher (PI=calls) |",
         "|---|---|---|---|---|",
         "| frontier agent (reference) | 1.000 | 1.000 | 1.000 | |",
-        f"| base | {premise['student']:.3f} | {premise['student_shortcut']:.3f} | {premise['student_normal']:.3f} | "
-        f"{premise['calls']['teacher']:.3f} |",
+        f"| base | " + " | ".join(mean_std([premise.get(k)]) for k in ("student", "student_shortcut", "student_normal"))
+        + f" | {premise['calls']['teacher']:.3f} |",  # an environment of the user's has no toy statistics
     ]
     for label in ("SFT w/o CoT", "SFT w/ CoT"):  # the SFT checkpoints the "+ RL" runs started from
         runs = [r for r in results if r["method"] == label + " + RL"]
         lines.append(f"| {label} (checkpoint by validation) | " + " | ".join(
-            mean_std([r["sft"][k] for r in runs]) for k in ("student", "student_shortcut", "student_normal")) + " | |")
+            mean_std([r["sft"].get(k) for r in runs]) for k in ("student", "student_shortcut", "student_normal")) + " | |")
     for method in METHODS:
         lines.append(f"| {method} | " + " | ".join(
             final(method, k) for k in ("student", "student_shortcut", "student_normal", "teacher")) + " |")

@@ -1209,6 +1209,9 @@ def test_compare_jobs_keep_each_algorithms_defaults_the_users_flags_and_seeds():
     assert by_method["π-Distill α=0"].lr_schedule == "cosine" and by_method["OPSD"].teacher == "frozen"
     assert by_method["RL"].beta == 0.0 and by_method["π-Distill α=1"].alpha_anneal_rounds == 0
     assert jobs[0]["ood"] == [2, 3]
+    resumed = compare.horizon_jobs(config.parse_args(compare.CompareConfig, ["--lr=1e-3", "--seed=5", "--seeds=2",
+                                                                            "--horizons=1,3", "--resume=True"]))
+    assert [j["dir"] for j in resumed] == [j["dir"] for j in jobs]  # --resume names no other run
     assert "lr_schedule" not in jobs[0]["config"]  # a run is named by what differs from its algorithm's defaults
     for bad in ["0", "1,x", "1,1", "4"]:
         with pytest.raises(config.ConfigError, match="horizons"):
@@ -1276,3 +1279,12 @@ def test_the_horizon_sweep_runs_each_job_once_reports_each_and_writes_the_table(
     monkeypatch.setattr(compare, "execute", lambda *a: pytest.fail("a finished run was redone"))
     compare.main(argv)
     assert (tmp_path / "horizon.md").read_text() == table
+
+
+def test_compare_reports_an_environment_without_the_toy_statistics(tmp_path):
+    premise = dict(student=0.1, **{k: dict(teacher=0.5, delta=0.4, kl_episode=1.0, kl_token=0.1) for k in env_api.PI_KINDS})
+    cc = dataclasses.asdict(compare.CompareConfig(out_dir=str(tmp_path), env="test_all:EndlessEnv"))
+    sft_run = dict(method="SFT w/o CoT + RL", seed=0, pi_kind="calls", final=dict(student=0.2, teacher=0.3),
+                   sft=dict(val=0.2, step=1, student=0.2), seconds=1.0, curve=[])
+    table = compare.write_report(cc, "python compare.py", premise, [sft_run], "cpu")
+    assert "| base | 0.100 | – | – | 0.500 |" in table and "| SFT w/o CoT (checkpoint by validation) | 0.200 | – | – | |" in table
