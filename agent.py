@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import rl
 from env_api import PI_KINDS, call_env, checked_privileged_info, checked_reset, checked_step, env_factory
@@ -215,20 +216,72 @@ def score(model, tok, episodes, view, temperature):
     gather below reads each episode's logits from its own prompt length on, so position j is the same
     continuation token in both views. Gradients flow unless the caller disables them."""
     device = next(model.parameters()).device
-    prompts = [tok.prompt(e.system, e.request, e.pi if view == "teacher" else "") for e in episodes]
-    seqs = [p + e.tokens for p, e in zip(prompts, episodes)]
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [tok.pad] * (width - len(s)) for s in seqs], device=device)
-    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+    ids, attn, where = view_inputs(tok, episodes, view, device)  # logits at p predict token p+1
     with autocast(device):
         logits = forward(model, ids, attn, use_cache=False).logits  # no KV cache: nothing is generated after this
-    L = max(len(e.tokens) for e in episodes)
-    # logits at position p predict token p+1: continuation token j sits at len(prompt)+j
-    where = torch.tensor([[min(len(p) + j - 1, width - 1) for j in range(L)] for p in prompts], device=device)
     logits = logits.gather(1, where.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).float() / temperature
     tokens, _, _ = batch_continuations(episodes, device)
     logp = F.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return logits, logp
+
+
+def view_inputs(tok, episodes, view, device):
+    """Token ids and attention mask [B, W] of each episode's prompt in one view and its continuation, and the
+    positions [B, L] whose outputs predict continuation token j (at len(prompt) + j − 1)."""
+    prompts = [tok.prompt(e.system, e.request, e.pi if view == "teacher" else "") for e in episodes]
+    seqs = [p + e.tokens for p, e in zip(prompts, episodes)]
+    width, L = max(map(len, seqs)), max(len(e.tokens) for e in episodes)
+    ids = torch.tensor([s + [tok.pad] * (width - len(s)) for s in seqs], device=device)
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+    where = torch.tensor([[min(len(p) + j - 1, width - 1) for j in range(L)] for p in prompts], device=device)
+    return ids, attn, where
+
+
+def last_hidden(model, tok, episodes, view):
+    """The model's last hidden states [B, L, H] at the continuation positions of one view (what its output layer
+    turns into logits), without computing any logits: model.base_model is the transformer below the LM head."""
+    device = next(model.parameters()).device
+    ids, attn, where = view_inputs(tok, episodes, view, device)
+    with autocast(device):
+        hidden = forward(model.base_model, ids, attn, use_cache=False).last_hidden_state
+    return hidden.gather(1, where.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+def two_view_scores(model, teacher, tok, episodes, temperature, kl=None, chunk=0, teacher_grad=False):
+    """What both algorithms read of the two views, at every continuation position [B, L]: logp_S = log π_S(o_t)
+    (the student view of `model`), logp_T = log π_T(o_t) (the PI view of `teacher`), entropy_S = H(π_S(·|s_t))
+    (detached: a statistic), and with kl="T||S" or "S||T" the exact KL over the vocabulary, KL(sg π_T ‖ π_S) or
+    KL(π_S ‖ sg π_T): the teacher's side is never differentiated in it. Gradients reach the student, and the
+    teacher's log-probs only with teacher_grad.
+    chunk=0: each view's logits [B, L, V] at once (score). chunk=c: from the last hidden states, c positions at a
+    time, each chunk's logits recomputed in the backward pass (torch.utils.checkpoint), so no [B, L, V] tensor of
+    either view exists: the memory a real vocabulary needs (docs/scaling.md). Equal to chunk=0 to float rounding."""
+    tokens = batch_continuations(episodes, next(model.parameters()).device)[0]
+    if not chunk:
+        with nullcontext() if teacher_grad else torch.no_grad():
+            logits_T, logp_T = score(teacher, tok, episodes, "teacher", temperature)
+        logits_S, logp_S = score(model, tok, episodes, "student", temperature)
+        return dict(logp_S=logp_S, logp_T=logp_T, entropy_S=rl.entropy_per_position(logits_S.detach()),
+                    kl=None if kl is None else rl.kl_per_position(logits_T.detach(), logits_S) if kl == "T||S"
+                    else rl.kl_per_position(logits_S, logits_T.detach()))
+    with nullcontext() if teacher_grad else torch.no_grad():
+        hidden_T = last_hidden(teacher, tok, episodes, "teacher")
+    hidden_S = last_hidden(model, tok, episodes, "student")
+    head_S, head_T = model.get_output_embeddings(), teacher.get_output_embeddings()
+    def positions(h_S, h_T, o):  # one chunk of positions: its logits live only inside this call
+        logits_S, logits_T = head_S(h_S).float() / temperature, head_T(h_T).float() / temperature
+        out = [F.log_softmax(logits_S, -1).gather(-1, o.unsqueeze(-1)).squeeze(-1),
+               F.log_softmax(logits_T, -1).gather(-1, o.unsqueeze(-1)).squeeze(-1),
+               rl.entropy_per_position(logits_S.detach())]
+        if kl is not None:
+            out.append(rl.kl_per_position(logits_T.detach(), logits_S) if kl == "T||S"
+                       else rl.kl_per_position(logits_S, logits_T.detach()))
+        return tuple(out)
+    chunks = [torch.utils.checkpoint.checkpoint(positions, hidden_S[:, a:a + chunk], hidden_T[:, a:a + chunk],
+                                                tokens[:, a:a + chunk], use_reentrant=False)
+              for a in range(0, tokens.shape[1], chunk)]
+    columns = [torch.cat(parts, 1) for parts in zip(*chunks)]
+    return dict(logp_S=columns[0], logp_T=columns[1], entropy_S=columns[2], kl=columns[3] if kl is not None else None)
 
 
 def micro_batches(episodes, cfg):
@@ -257,13 +310,13 @@ def evaluate(model, tok, cfg, view="student", pi_kind=None, n=None, split="test"
 
 
 @torch.no_grad()
-def mean_kl(model, tok, episodes, temperature, teacher=None):
+def mean_kl(model, tok, episodes, temperature, teacher=None, chunk=0):
     """KL(teacher ‖ student) of the given episodes, exact over the vocabulary: (per episode, per token). The teacher
-    is the PI view of `teacher` (default: the same model)."""
+    is the PI view of `teacher` (default: the same model); chunk: as in two_view_scores."""
     device = next(model.parameters()).device
     _, mask, _ = batch_continuations(episodes, device)
-    kl = rl.kl_per_episode(score(teacher or model, tok, episodes, "teacher", temperature)[0],
-                           score(model, tok, episodes, "student", temperature)[0], mask)
+    kl = (two_view_scores(model, teacher or model, tok, episodes, temperature, kl="T||S", chunk=chunk)["kl"]
+          * mask).sum(-1)
     return kl.mean().item(), (kl.sum() / mask.sum()).item()
 
 
@@ -280,7 +333,7 @@ def base_statistics(model, tok, cfg, n=None):
     stats = dict(student=student["success"], **prefixed("student", student))
     for kind in PI_KINDS:
         teacher = evaluate(model, tok, cfg, "teacher", kind, n=n)
-        kl_episode, kl_token = mean_kl(model, tok, teacher["episodes"][:200], cfg.temperature)
+        kl_episode, kl_token = mean_kl(model, tok, teacher["episodes"][:200], cfg.temperature, chunk=cfg.logit_chunk)
         stats[kind] = dict(teacher=teacher["success"], delta=teacher["success"] - student["success"],
                            kl_episode=kl_episode, kl_token=kl_token)
     return stats

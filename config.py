@@ -97,6 +97,8 @@ class Config:
     # memory, for large models: the same gradient, computed in pieces
     micro_batch: int = knob(0, "episodes per forward/backward (whole groups); 0 = the whole round at once", ">= 0")
     grad_checkpoint: bool = knob(False, "recompute each layer's activations in the backward pass")
+    logit_chunk: int = knob(0, "positions whose logits over the vocabulary are computed at once (recomputed in the "
+                            "backward pass); 0 = all: set it for a large vocabulary (docs/scaling.md)", ">= 0")
     base_stats: bool = knob(True, "measure the paper's premise (success, Δ, KL per PI kind) before training")
 
     def __post_init__(self):

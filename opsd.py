@@ -109,18 +109,20 @@ def train(cfg, run=None):
             k, mask = keep[i], masks[i]
             if not k.any():
                 continue
-            with torch.no_grad():  # sg π_T: the teacher view only scores the student's tokens
-                logits_T, logp_teacher = agent.score(teacher, tok, b, "teacher", temp)
-            logits_S, logp_student = agent.score(model, tok, b, "student", temp)
+            # both views' log-probs of the student's tokens (sg π_T: the teacher view only scores them), and the
+            # analytic KL(π_S ‖ sg π_T) at each position
+            views = agent.two_view_scores(model, teacher, tok, b, temp, chunk=cfg.logit_chunk,
+                                          kl="S||T" if cfg.kl_estimator == "analytic" else None)
+            logp_student, logp_teacher = views["logp_S"], views["logp_T"]
             log_ratio = (logp_student.detach() - logp_teacher) * mask  # sampled log π_S − log π_T: a reward only
             shaped = R[i] - cfg.beta * log_ratio.sum(1) if cfg.kl_estimator == "reward" else R[i]
             A = rl.group_advantages(shaped, cfg.group_size)
-            kl_tokens = rl.kl_per_position(logits_S, logits_T)[k] if cfg.kl_estimator == "analytic" else None
+            kl_tokens = views["kl"][k] if cfg.kl_estimator == "analytic" else None
             if cfg.kl_estimator == "token":
                 A = A.unsqueeze(1) - cfg.beta * log_ratio
             loss, batch_stats = opsd_loss(logp_student[k], logps_student_old[i][k], A[k], mask[k], cfg.beta,
                                           cfg.clip_eps, kl_tokens)
-            batch_stats["entropy_S"] = rl.mean_entropy(logits_S[k], mask[k])  # the student's, on its own tokens
+            batch_stats["entropy_S"] = rl.masked_mean(views["entropy_S"][k], mask[k])  # the student's, on its tokens
             run.check_finite(loss)
             weight = mask[k].sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
             (loss * weight).backward()

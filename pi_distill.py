@@ -23,7 +23,6 @@ tokens until it wrote nonsense (docs/experiments.md).
 """
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -152,9 +151,9 @@ def train(cfg, run=None):
         kl, logps_student_old = [], []  # [B] and [B, L] per batch
         with torch.no_grad():
             for b, mask in zip(batches, masks):
-                logits_S, logp_S = agent.score(model, tok, b, "student", temp)
-                kl.append(rl.kl_per_episode(agent.score(teacher, tok, b, "teacher", temp)[0], logits_S, mask))
-                logps_student_old.append(logp_S)
+                views = agent.two_view_scores(model, teacher, tok, b, temp, kl="T||S", chunk=cfg.logit_chunk)
+                kl.append((views["kl"] * mask).sum(-1))
+                logps_student_old.append(views["logp_S"])
         kl_seq = torch.cat(kl) if cfg.kl_sum else torch.cat(kl) / torch.cat(masks).sum(1).clamp(min=1)
         # 3. shaped reward R − β·KL_seq and group advantages A (reward minus its group's mean); groups with no
         #    signal (all A = 0) are dropped, or with --drop_flat_rewards those whose rewards are all equal
@@ -174,15 +173,15 @@ def train(cfg, run=None):
                 k, mask = keep[i], masks[i][keep[i]]
                 if not k.any():
                     continue
-                with torch.no_grad() if alpha == 0 else nullcontext():  # at α = 0, π_T enters only as sg π_T
-                    logits_T, logp_teacher = agent.score(teacher, tok, b, "teacher", temp)
-                logits_S, logp_student = agent.score(model, tok, b, "student", temp)
-                kl_tokens = rl.kl_per_position(logits_T.detach(), logits_S)[k] if cfg.forward_kl_coef else None
+                # both views' log-probs of the sampled tokens (at α = 0, π_T enters only as sg π_T: no gradient)
+                views = agent.two_view_scores(model, teacher, tok, b, temp, kl="T||S" if cfg.forward_kl_coef else None,
+                                              chunk=cfg.logit_chunk, teacher_grad=alpha > 0)
+                kl_tokens = views["kl"][k] if cfg.forward_kl_coef else None
                 logp_student_old = logps_student_old[i][k] if cfg.student_trust_region else None
-                loss, batch_stats = pi_distill_loss(logp_teacher[k], logps_teacher_old[i][k], logp_student[k], A[i][k],
-                                                    mask, alpha, cfg.clip_eps, cfg.ratio_cap, kl_tokens,
+                loss, batch_stats = pi_distill_loss(views["logp_T"][k], logps_teacher_old[i][k], views["logp_S"][k],
+                                                    A[i][k], mask, alpha, cfg.clip_eps, cfg.ratio_cap, kl_tokens,
                                                     cfg.forward_kl_coef, logp_student_old)
-                batch_stats["entropy_S"] = rl.mean_entropy(logits_S[k], mask)  # the student's, on π_T's tokens
+                batch_stats["entropy_S"] = rl.masked_mean(views["entropy_S"][k], mask)  # the student's, on π_T's tokens
                 run.check_finite(loss)
                 weight = mask.sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
                 (loss * weight).backward()

@@ -47,9 +47,14 @@ def entropy_per_position(logits):
     return -(logp.exp() * logp).sum(-1)
 
 
+def masked_mean(values, mask):
+    """Σ_t mask_t x_t / Σ_t mask_t over the written positions, a float (a logged statistic such as the entropy)."""
+    return ((values.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
+
+
 def mean_entropy(logits, mask):
     """The entropy averaged over the written positions: Σ_t mask_t H_t / Σ_t mask_t, a float (a logged statistic)."""
-    return ((entropy_per_position(logits.detach()) * mask).sum() / mask.sum().clamp(min=1)).item()
+    return masked_mean(entropy_per_position(logits.detach()), mask)
 
 
 def kl_per_episode(logits_p, logits_q, mask):

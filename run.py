@@ -166,7 +166,7 @@ class Run:
                       teacher=t["success"],
                       **agent.prefixed("teacher", t),
                       kl_token=agent.mean_kl(self.model, self.tok, t["episodes"][:200], cfg.temperature,
-                                             self.teacher)[1])
+                                             self.teacher, cfg.logit_chunk)[1])
         if self.teacher is not self.model:
             record["pi_view"] = agent.evaluate(self.model, self.tok, cfg, "teacher")["success"]
         return record, s, t

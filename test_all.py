@@ -1093,11 +1093,12 @@ def test_pretrained_tokenizer_handles_a_qwen3_style_template(hf_model_dir):
 
 @pytest.mark.parametrize("algorithm", ["pi_distill", "opsd"])
 def test_micro_batches_and_checkpointing_give_the_full_batch_gradient(tiny, tmp_path, monkeypatch, algorithm):
-    """One round back-propagated all at once, and one group at a time with gradient checkpointing: the same
-    episodes (the checkpointed model, in training mode, still samples with its KV cache), the same accumulated
-    gradient and the same round statistics. π-Distill at α = 0.5, so the teacher view's gradient is in it too."""
+    """One round back-propagated all at once, one group at a time with gradient checkpointing, and with the logits
+    computed 3 positions at a time (--logit_chunk): the same episodes (the checkpointed model, in training mode,
+    still samples with its KV cache), the same accumulated gradient and the same round statistics. π-Distill at
+    α = 0.5 with the forward KL, so the teacher view's gradient and the KL's are in it too."""
     module = {"pi_distill": pi_distill, "opsd": opsd}[algorithm]
-    extra = dict(alpha=0.5, alpha_anneal_rounds=0) if algorithm == "pi_distill" else {}
+    extra = dict(alpha=0.5, alpha_anneal_rounds=0, forward_kl_coef=0.1) if algorithm == "pi_distill" else {}
     cfg = tiny_run_config(module.PiDistillConfig if algorithm == "pi_distill" else module.OPSDConfig, tiny,
                           tmp_path / "full", tasks_per_round=4, group_size=4, rounds=1, base_stats=False, **extra)
     chunked_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "chunks"), micro_batch=6, grad_checkpoint=True)
@@ -1108,6 +1109,10 @@ def test_micro_batches_and_checkpointing_give_the_full_batch_gradient(tiny, tmp_
         record = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"))][1]
         return run, [p.grad.clone() for p in run.model.parameters()], {k: v for k, v in record.items() if k != "time"}
     (plain, full, stats_full), (chunked, chunks, stats_chunks) = one_round(cfg), one_round(chunked_cfg)
+    _, by_logit_chunks, stats_logit_chunks = one_round(dataclasses.replace(cfg, out_dir=str(tmp_path / "logits"),
+                                                                           logit_chunk=3))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(full, by_logit_chunks))
+    assert all(stats_full[k] == pytest.approx(stats_logit_chunks[k], rel=1e-4, nan_ok=True) for k in stats_full)
     tasks = [("train", s) for s in range(4) for _ in range(4)]
     episodes = agent.rollout(plain.model, plain.tok, cfg, tasks, True, torch.Generator().manual_seed(0))
     again = agent.rollout(chunked.model, chunked.tok, cfg, tasks, True, torch.Generator().manual_seed(0))
@@ -1117,6 +1122,45 @@ def test_micro_batches_and_checkpointing_give_the_full_batch_gradient(tiny, tmp_
     assert max(g.abs().max() for g in full) > 0
     assert stats_full.keys() == stats_chunks.keys() and stats_full["groups"] > 0
     assert all(stats_full[k] == pytest.approx(stats_chunks[k], rel=1e-4, nan_ok=True) for k in stats_full)
+
+
+@pytest.mark.parametrize("kl,teacher_grad", [("T||S", True), ("S||T", False), (None, False)])
+def test_two_view_scores_in_chunks_equal_the_whole_vocabulary_at_once(hf_model_dir, tiny, kl, teacher_grad):
+    """Log-probs, entropy and the exact KL from the last hidden states, a few positions at a time, equal the full
+    [B, L, V] computation in value and in gradient, on the tiny model and on a Hugging Face model (its own head)."""
+    hf_cfg = config.parse_args(config.Config, [f"--model={hf_model_dir}", "--env=test_all:EndlessEnv"])
+    hf_model, hf_tok = base.load_base(hf_cfg, torch.device("cpu"))
+    cfg, model, tok = tiny
+    toy_episodes = agent.rollout(model, tok, cfg, [("train", s) for s in range(4)], True, torch.Generator().manual_seed(1))
+    for net, tk, episodes in [(model, tok, toy_episodes),
+                              (hf_model, hf_tok, agent.rollout(hf_model, hf_tok, hf_cfg, [("train", 0), ("train", 1)],
+                                                               True, torch.Generator().manual_seed(1)))]:
+        teacher = copy.deepcopy(net)
+        results = []
+        for chunk in (0, 3):
+            net.zero_grad(set_to_none=True)
+            teacher.zero_grad(set_to_none=True)
+            out = agent.two_view_scores(net, teacher, tk, episodes, 0.75, kl=kl, chunk=chunk, teacher_grad=teacher_grad)
+            weights = torch.linspace(0.5, 1.5, out["logp_S"].numel()).view_as(out["logp_S"])
+            loss = (out["logp_S"] * weights).sum() + (out["kl"] * weights).sum() if kl else (out["logp_S"] * weights).sum()
+            if teacher_grad:
+                loss = loss + (out["logp_T"] * weights.flip(1)).sum()
+            loss.backward()
+            grads = [p.grad.clone() for p in net.parameters()]
+            teacher_grads = [p.grad for p in teacher.parameters()]
+            results.append((out, grads, teacher_grads))
+        (full, grads_full, t_full), (chunked, grads_chunked, t_chunked) = results
+        for key in ("logp_S", "logp_T", "entropy_S") + (("kl",) if kl else ()):
+            torch.testing.assert_close(chunked[key], full[key], rtol=1e-5, atol=1e-5)
+        def close(a, b):  # to float rounding, relative to the tensor's own scale (sums over a vocabulary reorder)
+            return (a - b).abs().max() <= 1e-5 * b.abs().max() + 1e-8
+        assert all(close(a, b) for a, b in zip(grads_chunked, grads_full))
+        assert max(g.abs().max() for g in grads_full) > 0
+        if teacher_grad:
+            assert all(close(a, b) for a, b in zip(t_chunked, t_full) if b is not None)
+            assert any(g is not None and g.abs().max() > 0 for g in t_full)
+        else:
+            assert all(g is None for g in t_full + t_chunked)  # sg π_T: nothing reaches the teacher
 
 
 def test_groups_without_reward_signal_are_dropped(tiny, tmp_path, monkeypatch):
