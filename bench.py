@@ -3,7 +3,15 @@ bench.py -- measurements outside the training loop.
 
     python bench.py                 # rollout tokens/s beside HF generate; the update's cost per view and gradient
     python bench.py --probe=True    # the toy world's order-id probe (docs/toy_world.md)
+    python bench.py --memory=True   # peak memory of one round on a Qwen3-0.6B-shaped model, with and without
+                                    # --logit_chunk (random weights built from the config: nothing is downloaded)
 """
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -19,6 +27,10 @@ import toy_env
 @dataclass
 class BenchConfig(config.Config):
     probe: bool = config.knob(False, "run the order-id probe instead of the timings (toy world, built-in model)")
+    memory: bool = config.knob(False, "peak memory and time of one round of each algorithm on a Qwen3-0.6B-shaped "
+                               "model, with and without --logit_chunk (one process each)")
+    memory_run: str = config.knob("", "internal: ALGORITHM:CHUNK, the one round a --memory child measures")
+    memory_chunk: int = config.knob(64, "--memory: the --logit_chunk a round is compared with 0 at", ">= 1")
 
 
 def timings(cfg):
@@ -87,9 +99,95 @@ def order_id_probe(model, tok, cfg, n_tasks=600):
     return listed.mean().item(), target.mean().item()
 
 
+# ----------------------------------------------------------------------------- memory on a real vocabulary
+
+QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                  rope_theta=1_000_000, rms_norm_eps=1e-6, tie_word_embeddings=True)  # Qwen3-0.6B's config.json
+
+
+def one_round_on_a_large_model(cfg):
+    """One round of --memory_run's algorithm with the model swapped for a Qwen3-0.6B-shaped one (random weights,
+    the real vocabulary; the toy world's tokenizer writes ids below its size); prints a JSON line."""
+    import opsd
+    import pi_distill
+    from run import Run
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    algorithm, chunk = cfg.memory_run.split(":")
+    module, config_class = dict(pi_distill=(pi_distill, pi_distill.PiDistillConfig), opsd=(opsd, opsd.OPSDConfig))[algorithm]
+    fields = {k: v for k, v in vars(cfg).items() if k in config_class.__dataclass_fields__}
+    run_cfg = config_class(**fields | dict(logit_chunk=int(chunk), rounds=1, eval_every=1, eval_tasks=1,
+                                           base_stats=False, out_dir=tempfile.mkdtemp()))
+    run = Run(run_cfg, algorithm)  # the tiny base and its tokenizer; the model is replaced below
+    torch.manual_seed(0)
+    run.model = run.teacher = Qwen3ForCausalLM(Qwen3Config(**QWEN3_0_6B)).to(run.device)  # run.start() copies it
+    run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=run_cfg.lr, weight_decay=0.0)
+    run.save = lambda: None  # a 7 GB checkpoint is not what is measured
+    t0 = time.time()
+    module.train(run_cfg, run)
+    record = [json.loads(line) for line in open(run.metrics_path) if not json.loads(line).get("eval")][0]
+    print("MEMORY " + json.dumps(dict(algorithm=algorithm, chunk=int(chunk), round_s=record["time"],
+                                      run_s=time.time() - t0, peak_rss_gb=resource.getrusage(
+                                          resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                                      episodes=run_cfg.tasks_per_round * run_cfg.group_size)))
+
+
+def scoring_on_a_large_vocabulary(cfg):
+    """Both views scored with gradients (agent.two_view_scores, the KL and the teacher's log-probs in the loss) by a
+    2-layer model of Qwen3-0.6B's width and vocabulary, on episodes the built-in base plays: the memory the logits
+    take beside the model's, as the peak RSS grows over what the model and the episodes took."""
+    _, chunk, n = cfg.memory_run.split(":")
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    small, tok = base.load_base(config.Config(), torch.device("cpu"))
+    episodes = agent.rollout(small, tok, cfg, [("train", i // 4) for i in range(int(n))], True,
+                             torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_0_6B | dict(num_hidden_layers=2)))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    t0 = time.time()
+    views = agent.two_view_scores(model, model, tok, episodes, cfg.temperature, kl="T||S", chunk=int(chunk),
+                                  teacher_grad=True)
+    (views["logp_S"].sum() + views["logp_T"].sum() + views["kl"].sum()).backward()
+    positions = max(len(e.tokens) for e in episodes)
+    print("MEMORY " + json.dumps(dict(algorithm="scoring", chunk=int(chunk), round_s=time.time() - t0,
+                                      peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                                      above_model_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - before,
+                                      episodes=int(n), positions=positions)))
+
+
+def memory(cfg, argv):
+    """--memory: each algorithm with and without the chunking, one process each (a process's peak is its own)."""
+    print(f"Qwen3-0.6B-shaped model ({QWEN3_0_6B['vocab_size']:,}-token vocabulary), one round of "
+          f"{cfg.tasks_per_round} tasks x {cfg.group_size} episodes on {agent.pick_device(cfg.device)}")
+    runs = [(a, c) for a in ("pi_distill", "opsd") for c in (0, cfg.memory_chunk)]
+    # the scoring alone, where the vocabulary dominates; 64 episodes unchunked need more than this machine's 24 GB
+    runs += [(f"score:{c}:{n}", c) for c, n in ((0, 16), (8, 16), (8, 64))]
+    for algorithm, chunk in runs:
+            run_flag = algorithm if algorithm.startswith("score") else f"{algorithm}:{chunk}"
+            flags = [a for a in argv if not a.startswith("--memory")] + [f"--memory_run={run_flag}"]
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), *flags], capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("MEMORY ")]
+            if done.returncode or not lines:
+                raise SystemExit(f"{algorithm} --logit_chunk={chunk} failed:\n{done.stderr[-2000:]}")
+            r = json.loads(lines[0].removeprefix("MEMORY "))
+            if r["algorithm"] == "scoring":
+                print(f"scoring both views (2 layers, same vocabulary) --logit_chunk={chunk:<4d} {r['episodes']} episodes "
+                      f"x {r['positions']} positions: peak RSS {r['peak_rss_gb']:.2f} GB, "
+                      f"{r['above_model_gb']:.2f} GB above the model | {r['round_s']:.1f} s", flush=True)
+            else:
+                print(f"{algorithm:10s} --logit_chunk={chunk:<4d} peak RSS {r['peak_rss_gb']:.2f} GB | round "
+                      f"{r['round_s']:.1f} s | {r['episodes']} episodes", flush=True)
+
+
 if __name__ == "__main__":
     cfg = config.parse_args(BenchConfig)
-    if cfg.probe:
+    if cfg.memory_run.startswith("score:"):
+        scoring_on_a_large_vocabulary(cfg)
+    elif cfg.memory_run:
+        one_round_on_a_large_model(cfg)
+    elif cfg.memory:
+        memory(cfg, sys.argv[1:])
+    elif cfg.probe:
         if cfg.env != "toy" or cfg.model:
             raise SystemExit("--probe=True reads the toy world's single-token ids: the toy world and the built-in model")
         listed, target = order_id_probe(*base.load_base(cfg, agent.pick_device(cfg.device)), cfg)
