@@ -188,6 +188,32 @@ def load_pretrained(name, device):
         raise SystemExit(f"--model={name}: cannot load it ({str(err).splitlines()[0]})") from None
 
 
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def save_toy_hf_model(path, hidden_size=32, layers=1):
+    """A randomly initialised Qwen3 with a byte-level BPE tokenizer trained on the toy world's text and a ChatML
+    template, saved the way a Hugging Face checkpoint is, in `path` (returned): a --model folder made without any
+    download, for the tests and gpu_check.py."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(environment_texts(n_tasks=100), trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|im_start|>", "<|im_end|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>")
+    hf.chat_template = CHATML
+    hf.save_pretrained(path)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(hf), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                                 num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                                 head_dim=hidden_size // 2)).save_pretrained(path)
+    return path
+
+
 def load_base(cfg, device):
     """The tokenizer and the warmed-up base model, from the cache when present (else built and cached);
     or, with --model=<Hugging Face name or local path>, that pretrained model and its own tokenizer."""

@@ -556,30 +556,10 @@ def test_warmup_cache_is_used(tiny, monkeypatch, capsys):
 
 # ----------------------------------------------------------------------------- a pretrained model's own tokenizer
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
 @pytest.fixture(scope="session")
 def hf_model_dir(tmp_path_factory):
-    """A randomly initialised Qwen3 with a byte-level BPE tokenizer and a ChatML template, built here and saved
-    the way a Hugging Face checkpoint is: the path a user's --model=Qwen/... takes, without any download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-    path = tmp_path_factory.mktemp("hf_model")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(base.environment_texts(n_tasks=100), trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|im_start|>", "<|im_end|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>")
-    hf.chat_template = CHATML
-    hf.save_pretrained(path)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(hf), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2, head_dim=16)).save_pretrained(path)
-    return str(path)
+    """base.save_toy_hf_model: the path a user's --model=Qwen/... takes, without any download."""
+    return base.save_toy_hf_model(str(tmp_path_factory.mktemp("hf_model")))
 
 
 def test_pretrained_tokenizer_renders_the_chat_template(hf_model_dir):
@@ -1332,3 +1312,14 @@ def test_compare_reports_an_environment_without_the_toy_statistics(tmp_path):
                    sft=dict(val=0.2, step=1, student=0.2), seconds=1.0, curve=[])
     table = compare.write_report(cc, "python compare.py", premise, [sft_run], "cpu")
     assert "| base | 0.100 | – | – | 0.500 |" in table and "| SFT w/o CoT (checkpoint by validation) | 0.200 | – | – | |" in table
+
+
+def test_the_gpu_check_runs_its_code_path_on_cpu_with_tiny_settings(tmp_path):
+    """gpu_check.py's three parts on CPU (what a GPU session runs, with tiny settings): the default run's speed and
+    evaluations, a round of each algorithm with and without --logit_chunk, one round of each TRL trainer."""
+    import gpu_check
+    lines = gpu_check.main(["--device=cpu", "--tiny=True", "--check_rounds=2", "--check_chunk=4"])
+    assert lines[0].startswith("gpu_check on cpu") and re.match(r"1\. .* rounds/s .*round 2 \d\.\d{3}$", lines[1])
+    assert [re.match(r"2\. (\w+) .*--logit_chunk=(\d+): peak [\d.]+ GB, [\d.]+ s per round", line).groups()
+            for line in lines[2:6]] == [("pi_distill", "0"), ("pi_distill", "4"), ("opsd", "0"), ("opsd", "4")]
+    assert [line.split(":")[0] for line in lines[6:]] == ["3. trl_trainers.py pi_distill", "3. trl_trainers.py opsd"]
