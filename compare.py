@@ -67,6 +67,7 @@ class CompareConfig(config.Config):
     sft_batch: int = config.knob(32, "SFT baselines: traces per step", ">= 1")
     sft_lr: float = config.knob(1e-3, "SFT baselines: learning rate", "(0, 0.1]")
     sft_eval_every: int = config.knob(50, "SFT baselines: steps between validation evaluations", ">= 1")
+    report: bool = config.knob(False, "with --horizons: write the table from the runs finished so far, run nothing")
     horizons: str = config.knob("", "comma-separated toy-world horizons, e.g. 1,2,3: every method at each (no PI-kind "
                                 "or β rows), each run kept in <out_dir>/horizon/; empty: the table at --horizon")
 
@@ -361,7 +362,11 @@ def horizon_sweep(cfg, command):
     def priority(j):
         h = j["config"].get("horizon", 1)  # a job's config holds only what differs from the defaults
         return j["seed"], h not in ends, h, j["method"] == "SFT w/ CoT + RL", j["sft"] is None
-    results = run_jobs(cfg, jobs, priority)
+    if cfg.report:  # the table of the runs finished so far (a sweep still running, or stopped), running nothing
+        results = [r for r in map(cached, jobs) if r is not None]
+        print(f"--report: {len(results)} of {len(jobs)} runs finished")
+    else:
+        results = run_jobs(cfg, jobs, priority)
     print(write_horizon_report(cc, command, premise, results, hardware(cfg)))
     plot_horizons(cc, premise, results)
 

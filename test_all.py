@@ -1303,6 +1303,12 @@ def test_the_horizon_sweep_runs_each_job_once_reports_each_and_writes_the_table(
     monkeypatch.setattr(compare, "execute", lambda *a: pytest.fail("a finished run was redone"))
     compare.main(argv)
     assert (tmp_path / "horizon.md").read_text() == table
+    for path in (tmp_path / "horizon").glob("*/result.json"):  # a sweep half done: --report tables what finished
+        if json.loads(path.read_text())["horizon"] == 3:
+            path.unlink()
+    compare.main(argv + ["--report=True"])
+    partial = (tmp_path / "horizon.md").read_text()
+    assert "| π-Distill α=0 | 50.0 (n=1) | – |" in partial and "7 of 14 runs finished" in capsys.readouterr().out
 
 
 def test_compare_reports_an_environment_without_the_toy_statistics(tmp_path):
