@@ -239,3 +239,23 @@ def test_trl_trains_on_a_gem_game(hf_model_dir, tmp_path):  # noqa: F811
     assert all(e.turns and e.split == "train" for e in trainer.episodes)
     loss, grads = trl_gradients(trainer, out)
     assert math.isfinite(loss) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_trl_takes_no_optimizer_step_on_a_round_without_a_kept_group(hf_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    """As the native loop: round 1 keeps every group (the KL term gives a gradient), round 2 none. Adam's momentum
+    would still move the weights in round 2 if it stepped: after two rounds they equal those after one."""
+    kept_calls = []
+    def kept(self, rewards, advantages):  # round 1: all groups kept; round 2: none
+        kept_calls.append(1)
+        return torch.full(rewards.shape, len(kept_calls) == 1, dtype=torch.bool, device=rewards.device)
+    monkeypatch.setattr(trl_trainers.OPSDTrainer, "kept_groups", kept)
+    weights = []
+    for rounds in (1, 2):
+        kept_calls.clear()
+        trainer = trl_trainers.OPSDTrainer(small(opsd.OPSDConfig, hf_model_dir, tmp_path / str(rounds), rounds=rounds,
+                                                 eval_every=10))
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        trainer.train()
+        weights.append([p.detach().clone() for p in trainer.model.parameters()])
+    assert any(not torch.equal(a, b) for a, b in zip(before, weights[0]))  # round 1 stepped
+    assert all(torch.equal(a, b) for a, b in zip(*weights))  # round 2 did not

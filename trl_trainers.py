@@ -105,6 +105,7 @@ class TwoViewTrainer(GRPOTrainer):
         if cfg.teacher != "live":
             self.teacher = copy.deepcopy(self.accelerator.unwrap_model(self.model)).requires_grad_(False)
         self.round, self.episodes = 0, []  # rounds done; the rank's episodes of the round being trained
+        self.round_has_signal = True  # whether any group of the round being trained was kept
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
         self.evaluated = set()  # rounds whose evaluation metrics.jsonl holds
         if self.accelerator.is_main_process:
@@ -238,6 +239,7 @@ class TwoViewTrainer(GRPOTrainer):
         # which groups are kept needs each whole group, and a group may straddle two ranks: decide on the gathered batch
         everything = self.accelerator.gather(torch.cat([out["advantages"].unsqueeze(1), values], 1))
         keep = self.kept_groups(everything[:, 1], everything[:, 0])
+        self.round_has_signal = bool(keep.any())  # the same on every rank: decided on the gathered round
         rank = self.accelerator.process_index
         out["keep"] = keep[rank * n:(rank + 1) * n]
         out["num_items_in_batch"] = self.accelerator.gather(self.loss_mask(out).sum()).sum()
@@ -248,6 +250,17 @@ class TwoViewTrainer(GRPOTrainer):
             print(f"round {record['round']:4d} | " + " | ".join(f"{k} {v:.3g}" for k, v in list(record.items())[1:]),
                   flush=True)
         return out
+
+    def create_optimizer(self, model=None):
+        """TRL's optimizer, whose step does nothing in a round without a kept group, as the native loop takes none
+        (with a zero gradient Adam's momentum would still move the weights)."""
+        optimizer = super().create_optimizer(model)
+        step = optimizer.step
+        def step_if_the_round_has_signal(*args, **kwargs):
+            if self.round_has_signal:
+                return step(*args, **kwargs)
+        optimizer.step = step_if_the_round_has_signal
+        return optimizer
 
     def write(self, record):
         with open(self.metrics_path, "a") as f:
