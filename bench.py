@@ -20,8 +20,10 @@ import torch
 import agent
 import base
 import chat
+import compare
 import config
 import toy_env
+from run import Run
 
 
 @dataclass
@@ -106,30 +108,41 @@ QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, n
                   rope_theta=1_000_000, rms_norm_eps=1e-6, tie_word_embeddings=True)  # Qwen3-0.6B's config.json
 
 
-def one_round_on_a_large_model(cfg):
-    """One round of --memory_run's algorithm with the model swapped for a Qwen3-0.6B-shaped one (random weights,
-    the real vocabulary; the toy world's tokenizer writes ids below its size); prints a JSON line."""
-    import opsd
-    import pi_distill
-    from run import Run
+def large_model_round(cfg, algorithm, chunk, shape=QWEN3_0_6B, **overrides):
+    """One round of `algorithm` (cfg's flags, then `overrides`) with the model swapped for a Qwen3 of `shape`
+    (random weights, its vocabulary; the toy world's tokenizer writes ids below its size). Returns (seconds of the
+    round, parameters). On CUDA the allocator's peak is reset first."""
+    module, config_class = compare.ALGORITHMS[algorithm]
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    algorithm, chunk = cfg.memory_run.split(":")
-    module, config_class = dict(pi_distill=(pi_distill, pi_distill.PiDistillConfig), opsd=(opsd, opsd.OPSDConfig))[algorithm]
     fields = {k: v for k, v in vars(cfg).items() if k in config_class.__dataclass_fields__}
-    run_cfg = config_class(**fields | dict(logit_chunk=int(chunk), rounds=1, eval_every=1, eval_tasks=1,
-                                           base_stats=False, out_dir=tempfile.mkdtemp()))
-    run = Run(run_cfg, algorithm)  # the tiny base and its tokenizer; the model is replaced below
+    run_cfg = config_class(**fields | dict(logit_chunk=chunk, rounds=1, eval_every=1, eval_tasks=1, base_stats=False,
+                                           out_dir=tempfile.mkdtemp()) | overrides)
+    run = Run(run_cfg, algorithm)  # the built-in base and its tokenizer; the model is replaced below
     torch.manual_seed(0)
-    run.model = run.teacher = Qwen3ForCausalLM(Qwen3Config(**QWEN3_0_6B)).to(run.device)  # run.start() copies it
+    run.model = run.teacher = Qwen3ForCausalLM(Qwen3Config(**shape)).to(run.device)  # run.start() copies it if frozen
+    if run_cfg.grad_checkpoint:
+        run.model.activation_checkpointing_enable()
+        run.model.train()
     run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=run_cfg.lr, weight_decay=0.0)
     run.save = lambda: None  # a 7 GB checkpoint is not what is measured
-    t0 = time.time()
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
     module.train(run_cfg, run)
     record = [json.loads(line) for line in open(run.metrics_path) if not json.loads(line).get("eval")][0]
-    print("MEMORY " + json.dumps(dict(algorithm=algorithm, chunk=int(chunk), round_s=record["time"],
-                                      run_s=time.time() - t0, peak_rss_gb=resource.getrusage(
-                                          resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                                      episodes=run_cfg.tasks_per_round * run_cfg.group_size)))
+    return record["time"], agent.param_count(run.model)
+
+
+def one_round_on_a_large_model(cfg):
+    """--memory's child: one round of --memory_run's algorithm on a Qwen3-0.6B-shaped model; prints a JSON line."""
+    algorithm, chunk = cfg.memory_run.split(":")
+    seconds, _ = large_model_round(cfg, algorithm, int(chunk))
+    print("MEMORY " + json.dumps(dict(algorithm=algorithm, chunk=int(chunk), round_s=seconds, peak_rss_gb=peak_gb(),
+                                      episodes=cfg.tasks_per_round * cfg.group_size)))
+
+
+def peak_gb():
+    """This process's peak resident memory so far, GB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def scoring_on_a_large_vocabulary(cfg):
@@ -143,15 +156,15 @@ def scoring_on_a_large_vocabulary(cfg):
                              torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_0_6B | dict(num_hidden_layers=2)))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    before = peak_gb()
     t0 = time.time()
     views = agent.two_view_scores(model, model, tok, episodes, cfg.temperature, kl="T||S", chunk=int(chunk),
                                   teacher_grad=True)
     (views["logp_S"].sum() + views["logp_T"].sum() + views["kl"].sum()).backward()
     positions = max(len(e.tokens) for e in episodes)
     print("MEMORY " + json.dumps(dict(algorithm="scoring", chunk=int(chunk), round_s=time.time() - t0,
-                                      peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                                      above_model_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - before,
+                                      peak_rss_gb=peak_gb(),
+                                      above_model_gb=peak_gb() - before,
                                       episodes=int(n), positions=positions)))
 
 
@@ -171,7 +184,8 @@ def memory(cfg, argv):
                 raise SystemExit(f"{algorithm} --logit_chunk={chunk} failed:\n{done.stderr[-2000:]}")
             r = json.loads(lines[0].removeprefix("MEMORY "))
             if r["algorithm"] == "scoring":
-                print(f"scoring both views (2 layers, same vocabulary) --logit_chunk={chunk:<4d} {r['episodes']} episodes "
+                print(f"scoring both views (2 layers, same vocabulary) --logit_chunk={chunk:<4d} {r['episodes']} "
+                      f"episodes "
                       f"x {r['positions']} positions: peak RSS {r['peak_rss_gb']:.2f} GB, "
                       f"{r['above_model_gb']:.2f} GB above the model | {r['round_s']:.1f} s", flush=True)
             else:

@@ -23,9 +23,7 @@ import agent
 import base
 import bench
 import config
-import opsd
 import pi_distill
-from run import Run
 
 
 @dataclass
@@ -44,8 +42,8 @@ def peak_memory(device):
 
 
 def default_run(cfg, out_dir):
-    run_cfg = pi_distill.PiDistillConfig(device=cfg.device, rounds=cfg.check_rounds, eval_every=max(1, cfg.check_rounds // 3),
-                                         eval_tasks=4 if cfg.tiny else 400, base_stats=False, out_dir=out_dir)
+    run_cfg = pi_distill.PiDistillConfig(device=cfg.device, rounds=cfg.check_rounds, base_stats=False, out_dir=out_dir,
+                                         eval_every=max(1, cfg.check_rounds // 3), eval_tasks=4 if cfg.tiny else 400)
     t0 = time.time()
     pi_distill.train(run_cfg)
     records = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
@@ -55,43 +53,28 @@ def default_run(cfg, out_dir):
             f"rounds/s ({time.time() - t0:.0f} s with the evaluations); held-out student {evals}")
 
 
-def large_model_round(cfg, algorithm, chunk, out_dir):
-    """One round of the algorithm with a Qwen3-0.6B-shaped model (or, with --tiny, a 1-layer one of width 64)."""
-    module, config_class = dict(pi_distill=(pi_distill, pi_distill.PiDistillConfig), opsd=(opsd, opsd.OPSDConfig))[algorithm]
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def large_model_round(cfg, algorithm, chunk):
+    """One round at the paper's batch with a Qwen3-0.6B-shaped model (with --tiny, a 1-layer one of width 64)."""
     shape = bench.QWEN3_0_6B | (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
                                      num_key_value_heads=2, head_dim=32, vocab_size=2000) if cfg.tiny else {})
-    run_cfg = config_class(device=cfg.device, rounds=1, eval_every=1, eval_tasks=1, base_stats=False, out_dir=out_dir,
-                           tasks_per_round=2 if cfg.tiny else 16, group_size=4, micro_batch=8, grad_checkpoint=True,
-                           logit_chunk=chunk)
-    run = Run(run_cfg, algorithm)  # the built-in base's tokenizer; its model is replaced here
-    torch.manual_seed(0)
-    run.model = run.teacher = Qwen3ForCausalLM(Qwen3Config(**shape)).to(run.device)  # run.start() copies it if frozen
-    run.model.activation_checkpointing_enable()
-    run.model.train()
-    run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=run_cfg.lr, weight_decay=0.0)
-    run.save = lambda: None  # a 7 GB checkpoint is not what is measured
-    if run.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(run.device)
-    module.train(run_cfg, run)
-    record = [json.loads(line) for line in open(run.metrics_path) if not json.loads(line).get("eval")][0]
-    peak, parameters = peak_memory(run.device), agent.param_count(run.model)
-    del run
+    tasks = 2 if cfg.tiny else 16
+    seconds, parameters = bench.large_model_round(cfg, algorithm, chunk, shape, tasks_per_round=tasks, group_size=4,
+                                                  micro_batch=8, grad_checkpoint=True)
+    peak = peak_memory(agent.pick_device(cfg.device))
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return (f"2. {algorithm:10s} {parameters} parameters, "
-            f"{run_cfg.tasks_per_round * run_cfg.group_size} episodes, --logit_chunk={chunk}: peak "
-            f"{peak:.2f} GB, {record['time']:.1f} s per round")
+    return (f"2. {algorithm:10s} {parameters} parameters, {tasks * 4} episodes, --logit_chunk={chunk}: peak "
+            f"{peak:.2f} GB, {seconds:.1f} s per round")
 
 
 def trl_rounds(cfg, folder):
     import trl_trainers
     model_dir = base.save_toy_hf_model(os.path.join(folder, "hf_model"))
-    lines = []
+    lines, trl_device = [], "cpu" if cfg.device == "cpu" else "auto"  # with TRL, accelerate places the rank
     for name in ("pi_distill", "opsd"):
         t0 = time.time()
         trl_trainers.main([name, f"--model={model_dir}", "--rounds=1", "--tasks_per_round=2", "--group_size=2",
-                           "--eval_tasks=2", "--base_stats=False", f"--device={'cpu' if cfg.device == 'cpu' else 'auto'}",
+                           "--eval_tasks=2", "--base_stats=False", f"--device={trl_device}",
                            f"--out_dir={os.path.join(folder, 'trl_' + name)}"])
         lines.append(f"3. trl_trainers.py {name}: one round in {time.time() - t0:.0f} s")
     return lines
@@ -106,7 +89,7 @@ def main(argv=None):
     lines.append(default_run(cfg, os.path.join(folder, "default")))
     for algorithm in ("pi_distill", "opsd"):
         for chunk in (0, cfg.check_chunk):
-            lines.append(large_model_round(cfg, algorithm, chunk, os.path.join(folder, f"{algorithm}_{chunk}")))
+            lines.append(large_model_round(cfg, algorithm, chunk))
     lines += trl_rounds(cfg, folder)
     print("\n".join(lines))
     return lines
