@@ -443,7 +443,7 @@ def plot_horizons(cc, premise, results):
                         label=method)
     ax.set(xlabel="horizon (requests per episode)", ylabel="held-out student success (%)", xticks=list(premise),
            ylim=(0, None), title=f"{cc['rounds'] * cc['tasks_per_round'] * cc['group_size']:,} episodes per run; "
-                                 "mean ± std over seeds")
+                                 + ("1 seed" if cc["seeds"] == 1 else f"mean ± std over {cc['seeds']} seeds"))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(cc["out_dir"], "horizon.png"), dpi=100)
