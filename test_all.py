@@ -153,12 +153,13 @@ def test_pi_kinds_render_and_removing_the_block_gives_the_student_prompt():
         env.privileged_info("everything")
 
 
-def test_malformed_actions_never_crash_and_use_a_turn():
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_malformed_actions_never_crash_and_use_a_turn(horizon):
     rng = random.Random(0)
     shapes = ["", " ", "\n\n", "cancel", "cancel #12 #13", "get_orders", "x" * 5000, "find_user " + "a" * 300,
               "respond", "\x00\x01", "🙂 find_user", "return U37", "cancel U37", "find_user alice\n", None, 17]
     shapes += ["".join(rng.choice(string.printable) for _ in range(rng.randrange(40))) for _ in range(500)]
-    env = toy_env.ToyShopEnv()
+    env = toy_env.ToyShopEnv(horizon=horizon)
     for i, text in enumerate(shapes):
         if i % 6 == 0:
             env.reset(i)
