@@ -247,41 +247,42 @@ def last_hidden(model, tok, episodes, view):
     return hidden.gather(1, where.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
-def two_view_scores(model, teacher, tok, episodes, temperature, kl=None, chunk=0, teacher_grad=False):
+def two_view_scores(model, teacher, tok, episodes, temperature, kl=None, chunk=0, teacher_grad=False, entropy=True):
     """What both algorithms read of the two views, at every continuation position [B, L]: logp_S = log π_S(o_t)
     (the student view of `model`), logp_T = log π_T(o_t) (the PI view of `teacher`), entropy_S = H(π_S(·|s_t))
-    (detached: a statistic), and with kl="T||S" or "S||T" the exact KL over the vocabulary, KL(sg π_T ‖ π_S) or
+    (detached: a statistic; None with entropy=False), and with kl="T||S" or "S||T" the exact KL over the vocabulary, KL(sg π_T ‖ π_S) or
     KL(π_S ‖ sg π_T): the teacher's side is never differentiated in it. Gradients reach the student, and the
     teacher's log-probs only with teacher_grad.
     chunk=0: each view's logits [B, L, V] at once (score). chunk=c: from the last hidden states, c positions at a
     time, each chunk's logits recomputed in the backward pass (torch.utils.checkpoint), so no [B, L, V] tensor of
     either view exists: the memory a real vocabulary needs (docs/scaling.md). Equal to chunk=0 to float rounding."""
     tokens = batch_continuations(episodes, next(model.parameters()).device)[0]
+    def extras(logits_S, logits_T):  # what is read beyond the sampled tokens' log-probs, in either path
+        out = {"entropy_S": rl.entropy_per_position(logits_S.detach())} if entropy else {}
+        if kl is not None:
+            out["kl"] = (rl.kl_per_position(logits_T.detach(), logits_S) if kl == "T||S"
+                         else rl.kl_per_position(logits_S, logits_T.detach()))
+        return out
     if not chunk:
         with nullcontext() if teacher_grad else torch.no_grad():
             logits_T, logp_T = score(teacher, tok, episodes, "teacher", temperature)
         logits_S, logp_S = score(model, tok, episodes, "student", temperature)
-        return dict(logp_S=logp_S, logp_T=logp_T, entropy_S=rl.entropy_per_position(logits_S.detach()),
-                    kl=None if kl is None else rl.kl_per_position(logits_T.detach(), logits_S) if kl == "T||S"
-                    else rl.kl_per_position(logits_S, logits_T.detach()))
+        return dict(entropy_S=None, kl=None, logp_S=logp_S, logp_T=logp_T) | extras(logits_S, logits_T)
     with nullcontext() if teacher_grad else torch.no_grad():
         hidden_T = last_hidden(teacher, tok, episodes, "teacher")
     hidden_S = last_hidden(model, tok, episodes, "student")
     head_S, head_T = model.get_output_embeddings(), teacher.get_output_embeddings()
+    keys = ["logp_S", "logp_T"] + (["entropy_S"] if entropy else []) + (["kl"] if kl is not None else [])
     def positions(h_S, h_T, o):  # one chunk of positions: its logits live only inside this call
         logits_S, logits_T = head_S(h_S).float() / temperature, head_T(h_T).float() / temperature
-        out = [F.log_softmax(logits_S, -1).gather(-1, o.unsqueeze(-1)).squeeze(-1),
-               F.log_softmax(logits_T, -1).gather(-1, o.unsqueeze(-1)).squeeze(-1),
-               rl.entropy_per_position(logits_S.detach())]
-        if kl is not None:
-            out.append(rl.kl_per_position(logits_T.detach(), logits_S) if kl == "T||S"
-                       else rl.kl_per_position(logits_S, logits_T.detach()))
-        return tuple(out)
+        read = dict(logp_S=F.log_softmax(logits_S, -1).gather(-1, o.unsqueeze(-1)).squeeze(-1),
+                    logp_T=F.log_softmax(logits_T, -1).gather(-1, o.unsqueeze(-1)).squeeze(-1))
+        read |= extras(logits_S, logits_T)
+        return tuple(read[k] for k in keys)
     chunks = [torch.utils.checkpoint.checkpoint(positions, hidden_S[:, a:a + chunk], hidden_T[:, a:a + chunk],
                                                 tokens[:, a:a + chunk], use_reentrant=False)
               for a in range(0, tokens.shape[1], chunk)]
-    columns = [torch.cat(parts, 1) for parts in zip(*chunks)]
-    return dict(logp_S=columns[0], logp_T=columns[1], entropy_S=columns[2], kl=columns[3] if kl is not None else None)
+    return dict(entropy_S=None, kl=None) | {k: torch.cat(parts, 1) for k, parts in zip(keys, zip(*chunks))}
 
 
 def micro_batches(episodes, cfg):
@@ -315,8 +316,8 @@ def mean_kl(model, tok, episodes, temperature, teacher=None, chunk=0):
     is the PI view of `teacher` (default: the same model); chunk: as in two_view_scores."""
     device = next(model.parameters()).device
     _, mask, _ = batch_continuations(episodes, device)
-    kl = (two_view_scores(model, teacher or model, tok, episodes, temperature, kl="T||S", chunk=chunk)["kl"]
-          * mask).sum(-1)
+    views = two_view_scores(model, teacher or model, tok, episodes, temperature, kl="T||S", chunk=chunk, entropy=False)
+    kl = (views["kl"] * mask).sum(-1)
     return kl.mean().item(), (kl.sum() / mask.sum()).item()
 
 

@@ -151,7 +151,8 @@ def train(cfg, run=None):
         kl, logps_student_old = [], []  # [B] and [B, L] per batch
         with torch.no_grad():
             for b, mask in zip(batches, masks):
-                views = agent.two_view_scores(model, teacher, tok, b, temp, kl="T||S", chunk=cfg.logit_chunk)
+                views = agent.two_view_scores(model, teacher, tok, b, temp, kl="T||S", chunk=cfg.logit_chunk,
+                                              entropy=False)  # KL_seq and π_S,old only
                 kl.append((views["kl"] * mask).sum(-1))
                 logps_student_old.append(views["logp_S"])
         kl_seq = torch.cat(kl) if cfg.kl_sum else torch.cat(kl) / torch.cat(masks).sum(1).clamp(min=1)
