@@ -27,6 +27,7 @@ import config
 import env_api
 import opsd
 import pi_distill
+import probe
 import rl
 import toy_env
 from run import Run
@@ -1142,6 +1143,40 @@ def test_two_view_scores_in_chunks_equal_the_whole_vocabulary_at_once(hf_model_d
             assert any(g is not None and g.abs().max() > 0 for g in t_full)
         else:
             assert all(g is None for g in t_full + t_chunked)  # sg π_T: nothing reaches the teacher
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_probe_finds_each_requests_decision(tiny, horizon):
+    """probe.decisions: in the frontier's episodes, one decision per request, in order -- the write of a cancel or a
+    return, the answer of a status request -- at the first token of that action."""
+    cfg, _, tok = tiny
+    probe_cfg = probe.ProbeConfig(**dataclasses.asdict(cfg) | dict(horizon=horizon))
+    env = toy_env.ToyShopEnv("train", horizon=horizon)
+    for seed in range(30):
+        env.reset(seed)
+        turns = [(a, env.step(a)[0]) for _, a in env.demonstration()]
+        tokens, mask = chat.episode_tokens(tok, turns[:-1] + [(turns[-1][0], None)])
+        episode = agent.Episode("train", seed, "", "", "", {}, tokens, mask, [0.0] * len(tokens),
+                                [(" " + a, obs) for a, obs in turns])
+        found = probe.decisions(episode, probe_cfg)
+        asks = env.task["asks"]
+        assert [kind for _, kind in found] == [a["kind"] for a in asks]
+        assert [tok.decode([tokens[j]]).strip() for j, _ in found] == [
+            "respond" if a["kind"] == "status" else a["kind"] for a in asks]
+
+
+def test_probe_counts_every_group_and_reads_a_runs_checkpoint(tiny, tmp_path, capsys):
+    cfg, model, _ = tiny
+    run_cfg = tiny_run_config(opsd.OPSDConfig, tiny, tmp_path, rounds=1, base_stats=False)
+    opsd.train(run_cfg)
+    probe_cfg = probe.ProbeConfig(**dataclasses.asdict(cfg) | dict(ckpt=str(tmp_path / "ckpt.pt"), probe_tasks=3))
+    probed, _ = probe.load(probe_cfg)
+    assert any(not torch.equal(a, b) for a, b in zip(probed.state_dict().values(), model.state_dict().values()))
+    signal, table = probe.probe(probe_cfg)
+    for view in ("teacher", "student"):
+        assert signal[view]["all"][1] == 3 and 0 <= signal[view]["all"][0] <= 3
+    assert all(0 < row["pi_T"] <= 1 and 0 < row["pi_S"] <= 1 for row in table.values())
+    assert "groups whose rewards differ" in capsys.readouterr().out
 
 
 def test_groups_without_reward_signal_are_dropped(tiny, tmp_path, monkeypatch):
