@@ -42,8 +42,8 @@ class PiDistillConfig(config.Config):
     beta: float = config.knob(0.25, "KL penalty β in the teacher's shaped reward R − β·KL_seq", ">= 0")
     kl_sum: bool = config.knob(False, "KL_seq summed over the episode's tokens instead of averaged")
     ratio_cap: float = config.knob(3.0, "dual-clip: bound on ρ_S where the advantage is negative", "> 1")
-    forward_kl_coef: float = config.knob(0.0, "c, the coefficient of the student's KL(sg π_T ‖ π_S) (the paper's "
-                                         "equation: β)", ">= 0")
+    forward_kl_coef: float = config.knob(0.0, "c, the coefficient of the student's KL(sg π_T ‖ π_S) on every "
+                                         "episode the teacher wrote (the paper's equation: β; its algorithm: 0)", ">= 0")
     leak_penalty: float = config.knob(0.1, "reward − this per PI keyword the teacher writes (the paper: 0.1)", ">= 0")
     updates_per_round: int = config.knob(2, "gradient steps on each round of samples (the paper: 2-3)", ">= 1")
     drop_flat_rewards: bool = config.knob(False, "drop groups whose rewards are all equal before the KL shaping (the "
@@ -62,10 +62,10 @@ LEAK_WORDS = ("secret",)  # the PI block's delimiter word: naming it leaks the P
 
 
 def pi_distill_loss(logp_teacher, logp_teacher_old, logp_student, advantages, mask, alpha, eps=0.2,
-                    ratio_cap=3.0, kl_tokens=None, forward_kl_coef=0.0, logp_student_old=None):
+                    ratio_cap=3.0, logp_student_old=None):
     """The π-Distill loss on per-token tensors [B, L] of log-probs of the sampled (teacher) tokens:
 
-        L = α · L_T + (1 − α) · L_S (+ (1 − α) · c · KL(sg π_T ‖ π_S)),  each a sum over model tokens / N
+        L = α · L_T + (1 − α) · L_S,  each a sum over model tokens / N
         L_T = −Σ min(ρ_T A, clip(ρ_T, 1 − ε, 1 + ε) A),   ρ_T = π_T,θ(o_t) / π_T,old(o_t)   (behaviour policy)
         L_S = −Σ min(ρ_S A, clip(ρ_S, 1 − ε, 1 + ε) A),   ρ_S = π_S,θ(o_t) / sg π_T,θ(o_t)
 
@@ -74,8 +74,7 @@ def pi_distill_loss(logp_teacher, logp_teacher_old, logp_student, advantages, ma
     for one-token actions is exactly −∇E_{π_S}[A] (importance sampling); for longer actions the per-token
     ratio is the usual PPO-style approximation of the sequence ratio. ρ_S is unbounded above, so where A < 0
     its term is capped at ratio_cap·|A| (dual-clip); log-ratios are clamped before exp.
-    kl_tokens: optional per-token KL(sg π_T ‖ π_S) [B, L], c = forward_kl_coef (the paper's equation has the
-    term, its algorithm not).
+    The student's forward KL of the paper's equation is student_forward_kl, added beside this loss.
     logp_student_old (--student_trust_region): the student's log-probs at θ_old. L_S then clips the student against
     its old self, as PPO clips its sampling policy, and weights by the truncated importance ratio of the student to
     the sampling teacher:
@@ -95,13 +94,20 @@ def pi_distill_loss(logp_teacher, logp_teacher_old, logp_student, advantages, ma
         loss_S = torch.exp((logp_student_old - logp_teacher_old).clamp(max=math.log(ratio_cap))) * surrogate
         rho_S = torch.exp((logp_student - logp_teacher).detach().clamp(-20, 20))  # logged: the paper's ratio
     per_token = alpha * loss_T + (1 - alpha) * loss_S
-    if kl_tokens is not None and forward_kl_coef > 0:
-        per_token = per_token + (1 - alpha) * forward_kl_coef * kl_tokens
     loss = (per_token * mask).sum() / n
     def mean(x):
         return ((x * mask).sum() / n).item()
     return loss, dict(loss=loss.item(), rho_T=mean(rho_T.detach()), rho_S=mean(rho_S.detach()),
                       clip_T=mean(clip_T), clip_S=mean(clip_S))
+
+
+def student_forward_kl(kl_tokens, mask, n_tokens):
+    """The student's forward KL of the paper's J_S, KL(sg π_T ‖ π_S) at each written position [B, L] (exact over the
+    vocabulary), summed over the model's tokens / n_tokens. --forward_kl_coef = c adds (1 − α) · c times it to the
+    loss, over every episode the teacher wrote: its gradient on the student's logits, (softmax(z_S) − softmax(z_T))
+    / n_tokens, pulls π_S toward π_T whatever the reward, so it has a signal where the policy-gradient terms have
+    none (a group of equal rewards; a token with ρ_S ≈ 0, whose L_S gradient ρ_S·A·∇log π_S vanishes)."""
+    return (kl_tokens * mask).sum() / n_tokens
 
 
 def leaks(episode):
@@ -163,30 +169,38 @@ def train(cfg, run=None):
         sizes = [len(b) for b in batches]
         A, keep = A.split(sizes), kept.split(sizes)  # per batch
         n_tokens = sum(mask[k].sum().item() for mask, k in zip(masks, keep))
+        n_written = sum(mask.sum().item() for mask in masks)  # every episode's: the forward KL's normaliser
         alpha = annealed_alpha(cfg, run.round)
-        # 4-6. loss α·L_T + (1 − α)·L_S over the kept episodes' tokens, backward, optimizer step; updates_per_round
-        #      steps on the same samples (π_T,old stays the sampler's: ρ_T moves away from 1 after the first)
+        # 4-6. loss α·L_T + (1 − α)·L_S over the kept episodes' tokens (+ (1 − α)·c·KL(sg π_T ‖ π_S) over every
+        #      episode's, with --forward_kl_coef = c), backward, optimizer step; updates_per_round steps on the same
+        #      samples (π_T,old stays the sampler's: ρ_T moves away from 1 after the first)
         steps = []  # each gradient step's statistics
-        for _ in range(cfg.updates_per_round if kept.any() else 0):
+        for _ in range(cfg.updates_per_round if kept.any() or cfg.forward_kl_coef else 0):
             run.optimizer.zero_grad(set_to_none=True)
             stats = {}
             for i, b in enumerate(batches):
                 k, mask = keep[i], masks[i][keep[i]]
-                if not k.any():
+                if not k.any() and not cfg.forward_kl_coef:
                     continue
                 # both views' log-probs of the sampled tokens (at α = 0, π_T enters only as sg π_T: no gradient)
                 views = agent.two_view_scores(model, teacher, tok, b, temp, kl="T||S" if cfg.forward_kl_coef else None,
                                               chunk=cfg.logit_chunk, teacher_grad=alpha > 0)
-                kl_tokens = views["kl"][k] if cfg.forward_kl_coef else None
-                logp_student_old = logps_student_old[i][k] if cfg.student_trust_region else None
-                loss, batch_stats = pi_distill_loss(views["logp_T"][k], logps_teacher_old[i][k], views["logp_S"][k],
-                                                    A[i][k], mask, alpha, cfg.clip_eps, cfg.ratio_cap, kl_tokens,
-                                                    cfg.forward_kl_coef, logp_student_old)
-                batch_stats["entropy_S"] = rl.masked_mean(views["entropy_S"][k], mask)  # the student's, on π_T's tokens
+                loss = torch.zeros((), device=run.device)
+                if k.any():
+                    logp_student_old = logps_student_old[i][k] if cfg.student_trust_region else None
+                    policy_loss, batch_stats = pi_distill_loss(views["logp_T"][k], logps_teacher_old[i][k],
+                                                               views["logp_S"][k], A[i][k], mask, alpha, cfg.clip_eps,
+                                                               cfg.ratio_cap, logp_student_old)
+                    batch_stats["entropy_S"] = rl.masked_mean(views["entropy_S"][k], mask)  # on π_T's tokens
+                    weight = mask.sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
+                    loss = loss + weight * policy_loss
+                    stats |= {key: stats.get(key, 0.0) + weight * value for key, value in batch_stats.items()}
+                if cfg.forward_kl_coef:
+                    forward_kl = student_forward_kl(views["kl"], masks[i], n_written)
+                    loss = loss + (1 - alpha) * cfg.forward_kl_coef * forward_kl
+                    stats["forward_kl"] = stats.get("forward_kl", 0.0) + forward_kl.item()
                 run.check_finite(loss)
-                weight = mask.sum().item() / n_tokens  # summed over micro-batches: the round's mean over tokens
-                (loss * weight).backward()
-                stats = {key: stats.get(key, 0.0) + weight * value for key, value in batch_stats.items()}
+                loss.backward()
             stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()  # before clipping
             run.optimizer.step()
             steps.append(stats)

@@ -1180,11 +1180,12 @@ def test_probe_counts_every_group_and_reads_a_runs_checkpoint(tiny, tmp_path, ca
 
 
 def test_groups_without_reward_signal_are_dropped(tiny, tmp_path, monkeypatch):
-    """A round whose groups all have identical rewards (every advantage zero, β = 0) has nothing to learn from:
-    no loss, no gradient step -- also with the student's forward KL on (it is applied to the kept groups only)."""
+    """A round whose groups all have identical rewards (every advantage zero, β = 0) gives the policy-gradient terms
+    nothing to learn from: no loss, no gradient step. With the student's forward KL on, the round still trains on
+    it alone, over every episode (it needs no reward)."""
     monkeypatch.setattr(toy_env.ToyShopEnv, "success", lambda self: False)
-    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, beta=0.0, forward_kl_coef=0.25, rounds=1,
-                          base_stats=False, leak_penalty=0.0)
+    cfg = tiny_run_config(pi_distill.PiDistillConfig, tiny, tmp_path, beta=0.0, rounds=1, base_stats=False,
+                          leak_penalty=0.0)
     run = Run(cfg, "no signal")
     monkeypatch.setattr(run.optimizer, "step", lambda: pytest.fail("a gradient step without signal"))
     before = [p.detach().clone() for p in run.model.parameters()]
@@ -1193,6 +1194,13 @@ def test_groups_without_reward_signal_are_dropped(tiny, tmp_path, monkeypatch):
     assert record["groups"] == 0.0 and "loss" not in record
     assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
     assert rl.groups_with_signal(torch.tensor([0.5, -0.5, 0.0, 0.0]), 2).tolist() == [True, True, False, False]
+
+    kl_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "kl"), forward_kl_coef=0.25)
+    kl_run = Run(kl_cfg, "forward KL")
+    pi_distill.train(kl_cfg, kl_run)
+    record = [json.loads(line) for line in open(tmp_path / "kl" / "metrics.jsonl")][1]
+    assert record["groups"] == 0.0 and "loss" not in record and record["forward_kl"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, kl_run.model.parameters()))
 
 
 @pytest.mark.parametrize("drop_flat_rewards", [False, True])

@@ -163,21 +163,25 @@ def test_pi_distill_stop_gradients_and_alpha_extremes():
 
 
 def test_pi_distill_forward_kl_term_is_exact():
-    """The student's forward-KL term (1 − α)·c·KL(sg π_T ‖ π_S), per position, over the model tokens: its gradient
-    on the student's logits is exactly (1 − α)·c·(softmax(z_S) − softmax(z_T)) / N, none reaches the teacher's
-    logits, and c = 0 gives the loss without it."""
+    """The student's forward-KL term (1 − α)·c·KL(sg π_T ‖ π_S), per position, summed over the model tokens / N: its
+    gradient on the student's logits is exactly (1 − α)·c·(softmax(z_S) − softmax(z_T)) / N, whatever the advantage
+    (here 0, where the policy-gradient terms have none), and none reaches the teacher's logits."""
     torch.manual_seed(0)
     z_T, z_S = torch.randn(2, 3, V, requires_grad=True), torch.randn(2, 3, V, requires_grad=True)
     o = torch.randint(V, (2, 3, 1))
     lt, ls = (torch.log_softmax(z, -1).gather(-1, o).squeeze(-1) for z in (z_T, z_S))
     mask, A, alpha, c = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), torch.zeros(2), 0.5, 0.25  # A = 0: KL only
+    policy_loss, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha)
+    assert policy_loss.item() == 0.0
+    n = 7.0  # a normaliser other than this batch's 5 tokens: the round's, over several micro-batches
     kl = rl.kl_per_position(z_T.detach(), z_S)
-    loss, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha, kl_tokens=kl, forward_kl_coef=c)
+    loss = policy_loss + (1 - alpha) * c * pi_distill.student_forward_kl(kl, mask, n)
     g_T, g_S = grads(loss, [z_T, z_S])
-    want = (1 - alpha) * c * (torch.softmax(z_S, -1) - torch.softmax(z_T, -1)) * mask.unsqueeze(-1) / mask.sum()
+    want = (1 - alpha) * c * (torch.softmax(z_S, -1) - torch.softmax(z_T, -1)) * mask.unsqueeze(-1) / n
     assert torch.allclose(g_S, want, atol=1e-6) and torch.all(g_T == 0)
-    off, _ = pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha, kl_tokens=kl, forward_kl_coef=0.0)
-    assert off.item() == pi_distill.pi_distill_loss(lt, lt.detach(), ls, A, mask, alpha)[0].item() == 0.0
+    exact = sum((p * (p / q).log()).sum() for p, q in zip(torch.softmax(z_T, -1)[mask.bool()],
+                                                          torch.softmax(z_S, -1)[mask.bool()])) / n
+    assert pi_distill.student_forward_kl(kl, mask, n).item() == pytest.approx(exact.item(), rel=1e-5)
 
 
 def test_clipping_zeroes_the_gradient_where_it_should():

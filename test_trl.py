@@ -96,7 +96,9 @@ def native_gradients(module, cfg, episodes, monkeypatch):
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
     module.train(cfg)
     records = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
-    return [r for r in records if not r.get("eval")][0]["loss"], grads[0]
+    first = [r for r in records if not r.get("eval")][0]
+    alpha = getattr(cfg, "alpha", 0.0)  # the loss TRL returns: π-Distill's forward KL is logged beside "loss"
+    return first["loss"] + (1 - alpha) * getattr(cfg, "forward_kl_coef", 0.0) * first.get("forward_kl", 0.0), grads[0]
 
 
 def assert_close(grads_a, grads_b):
@@ -106,10 +108,12 @@ def assert_close(grads_a, grads_b):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("alpha,trust_region", [(0.0, False), (0.5, False), (1.0, False), (0.0, True)])
-def test_trl_pi_distill_equals_the_native_loop(hf_model_dir, tmp_path, alpha, trust_region, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("alpha,trust_region,forward_kl_coef", [(0.0, False, 0.0), (0.5, False, 0.0),
+                                                                (1.0, False, 0.0), (0.0, True, 0.0), (0.5, False, 0.25)])
+def test_trl_pi_distill_equals_the_native_loop(hf_model_dir, tmp_path, alpha, trust_region, forward_kl_coef,  # noqa: F811
+                                               monkeypatch):
     cfg = small(pi_distill.PiDistillConfig, hf_model_dir, tmp_path / "trl", alpha=alpha, alpha_anneal_rounds=0,
-                updates_per_round=1, student_trust_region=trust_region)
+                updates_per_round=1, student_trust_region=trust_region, forward_kl_coef=forward_kl_coef)
     trainer = trl_trainers.PiDistillTrainer(cfg)
     out = one_batch(trainer)
     episodes = trainer.episodes
@@ -259,3 +263,19 @@ def test_trl_takes_no_optimizer_step_on_a_round_without_a_kept_group(hf_model_di
         weights.append([p.detach().clone() for p in trainer.model.parameters()])
     assert any(not torch.equal(a, b) for a, b in zip(before, weights[0]))  # round 1 stepped
     assert all(torch.equal(a, b) for a, b in zip(*weights))  # round 2 did not
+
+
+def test_trl_pi_distill_trains_on_the_forward_kl_alone_in_a_round_without_a_kept_group(hf_model_dir, tmp_path,  # noqa: F811
+                                                                                       monkeypatch):
+    """As the native loop: the student's forward KL learns from every episode, kept or not; without it a round of
+    no kept group moves nothing."""
+    monkeypatch.setattr(trl_trainers.PiDistillTrainer, "kept_groups",
+                        lambda self, rewards, advantages: torch.zeros(rewards.shape, dtype=torch.bool))
+    moved = {}
+    for c in (0.0, 0.25):
+        trainer = trl_trainers.PiDistillTrainer(small(pi_distill.PiDistillConfig, hf_model_dir, tmp_path / str(c),
+                                                      forward_kl_coef=c, eval_every=10))
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        trainer.train()
+        moved[c] = any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert moved == {0.0: False, 0.25: True}

@@ -239,10 +239,12 @@ class TwoViewTrainer(GRPOTrainer):
         # which groups are kept needs each whole group, and a group may straddle two ranks: decide on the gathered batch
         everything = self.accelerator.gather(torch.cat([out["advantages"].unsqueeze(1), values], 1))
         keep = self.kept_groups(everything[:, 1], everything[:, 0])
-        self.round_has_signal = bool(keep.any())  # the same on every rank: decided on the gathered round
+        # the same on every rank: decided on the gathered round (π-Distill's forward KL learns from every episode)
+        self.round_has_signal = bool(keep.any()) or getattr(self.cfg, "forward_kl_coef", 0) > 0
         rank = self.accelerator.process_index
         out["keep"] = keep[rank * n:(rank + 1) * n]
         out["num_items_in_batch"] = self.accelerator.gather(self.loss_mask(out).sum()).sum()
+        out["num_written_in_batch"] = self.accelerator.gather(self.written_mask(out).sum()).sum()
         record = dict(round=self.round + 1, **{k: everything[:, 1 + i].mean().item() for i, k in enumerate(logged)},
                       groups=keep.float().mean().item(), episodes=len(keep), tokens=int(out["num_items_in_batch"]))
         if self.accelerator.is_main_process:  # one line and one metrics.jsonl record per round, of all ranks
@@ -267,15 +269,18 @@ class TwoViewTrainer(GRPOTrainer):
             f.write(json.dumps(record) + "\n")
 
     # --- 5. the loss (TRL calls this per micro-batch; the optimizer steps after each round's accumulation)
-    def token_normaliser(self, inputs):
-        """The loss is a sum over the micro-batch's tokens divided by the round's tokens on all ranks: DDP averages
-        the ranks' gradients (hence × ranks) and the micro-batches of a step are summed (as TRL's dapo)."""
+    def token_normaliser(self, inputs, count="num_items_in_batch"):
+        """The loss is a sum over the micro-batch's tokens divided by the round's tokens on all ranks (the kept
+        episodes' or, with count="num_written_in_batch", every episode's): DDP averages the ranks' gradients (hence
+        × ranks) and the micro-batches of a step are summed (as TRL's dapo)."""
         steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        return inputs["num_items_in_batch"].clamp(min=1) / self.accelerator.num_processes * steps \
-            / self.args.steps_per_generation
+        return inputs[count].clamp(min=1) / self.accelerator.num_processes * steps / self.args.steps_per_generation
 
-    def loss_mask(self, inputs):
-        return inputs["completion_mask"] * inputs["tool_mask"] * inputs["keep"].unsqueeze(1)
+    def written_mask(self, inputs):  # the model's tokens of every episode
+        return inputs["completion_mask"] * inputs["tool_mask"]
+
+    def loss_mask(self, inputs):  # ... of the kept groups' episodes
+        return self.written_mask(inputs) * inputs["keep"].unsqueeze(1)
 
     def scaled(self, loss, stats, logits_S, mask, inputs):
         """The micro-batch's loss (a mean over its tokens) weighted by its share of the round's tokens; its statistics
@@ -385,12 +390,16 @@ class PiDistillTrainer(TwoViewTrainer):
                 logits_T, logp_T = score(self.teacher_of(model), *teacher_prompt, *completion, cfg.temperature)
             logits_S, logp_S = score(model, *student_prompt, *completion, cfg.temperature)
         mask = self.loss_mask(inputs)
-        kl_tokens = rl.kl_per_position(logits_T.detach(), logits_S) if cfg.forward_kl_coef else None
         loss, stats = pi_distill.pi_distill_loss(logp_T, inputs["sampling_per_token_logps"], logp_S,
                                                  inputs["advantages"], mask, alpha, cfg.clip_eps, cfg.ratio_cap,
-                                                 kl_tokens, cfg.forward_kl_coef,
                                                  inputs["logp_student_old"] if cfg.student_trust_region else None)
-        return self.scaled(loss, stats, logits_S, mask, inputs)
+        loss = self.scaled(loss, stats, logits_S, mask, inputs)
+        if cfg.forward_kl_coef:  # on every episode's tokens, kept or not, as the native loop
+            forward_kl = pi_distill.student_forward_kl(rl.kl_per_position(logits_T.detach(), logits_S),
+                                                       self.written_mask(inputs),
+                                                       self.token_normaliser(inputs, "num_written_in_batch"))
+            loss = loss + (1 - alpha) * cfg.forward_kl_coef * forward_kl
+        return loss
 
 
 class OPSDTrainer(TwoViewTrainer):
