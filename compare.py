@@ -179,9 +179,32 @@ def execute(job, threads):
     return result
 
 
+def stale_settings(job):
+    """{name: (then, now)} for each setting of the run in job's folder that is not the job's today (a default changed
+    since it ran, which leaves the folder's name as it was); {} for a current run or an empty folder."""
+    path = os.path.join(job["dir"], "config.json")
+    if not os.path.exists(path):
+        return {}
+    then, now = json.load(open(path)), dataclasses.asdict(ALGORITHMS[job["algorithm"]][1](**job["config"]))
+    return {k: (then[k], now[k]) for k in then.keys() & now.keys()
+            if k not in ("out_dir", "resume", "overwrite") and then[k] != now[k]}
+
+
 def cached(job):
+    """The finished run's result, or None; a run made with other settings is not this job's."""
     path = os.path.join(job["dir"], "result.json")
-    return json.load(open(path)) if os.path.exists(path) else None
+    return json.load(open(path)) if os.path.exists(path) and not stale_settings(job) else None
+
+
+def move_stale_run(job):
+    """A run in job's folder made with other settings moves to <folder>.stale-N (kept: its figures may be cited), so
+    the job runs anew in its folder instead of resuming or reusing it."""
+    if stale := stale_settings(job):
+        aside = next(f"{job['dir']}.stale-{n}" for n in range(1, 10**6) if not os.path.exists(f"{job['dir']}.stale-{n}"))
+        os.rename(job["dir"], aside)
+        print(f"{job['method']} seed {job['seed']}: the run in {job['dir']} was made with "
+              + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in sorted(stale.items())) + f"; moved to {aside}",
+              flush=True)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -302,6 +325,8 @@ def run_jobs(cfg, jobs, priority):
     started in the order of priority(job)."""
     finished = [cached(j) for j in jobs]
     todo = sorted((j for j, r in zip(jobs, finished) if r is None), key=priority)
+    for j in todo:
+        move_stale_run(j)
     print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to do, {cfg.workers} at a time; logs in "
           f"{os.path.dirname(jobs[0]['dir'])}/*/log.txt", flush=True)
     done, t0, ran = {}, time.time(), []

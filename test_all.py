@@ -1266,6 +1266,30 @@ def test_compare_runs_every_method_on_one_budget_and_never_redoes_a_run(tmp_path
     assert (tmp_path / "results.md").read_text() == table
 
 
+def test_compare_does_not_reuse_a_run_made_before_a_default_changed(tmp_path, monkeypatch):
+    """A run's folder is named by what differs from the defaults, so a changed default leaves the name as it was: a
+    finished run made under another default (here β = 0.1 then, 0.25 now) is not reused, it is moved aside (kept)
+    and the job runs anew."""
+    cfg = compare.CompareConfig(out_dir=str(tmp_path), horizons="1", seeds=1, rounds=1, workers=1)
+    job = next(j for j in compare.horizon_jobs(cfg) if j["method"] == "π-Distill α=0")
+    os.makedirs(job["dir"])
+    def finished_run(**then):
+        for name, values in (("config.json", dataclasses.asdict(pi_distill.PiDistillConfig(**job["config"] | then))),
+                             ("result.json", {"final": {}})):
+            with open(os.path.join(job["dir"], name), "w") as f:
+                json.dump(values, f)
+    finished_run()
+    assert compare.cached(job) is not None and compare.stale_settings(job) == {}
+    finished_run(beta=0.1)
+    assert compare.stale_settings(job) == {"beta": (0.1, 0.25)} and compare.cached(job) is None
+    ran = []
+    monkeypatch.setattr(compare, "execute", lambda j, threads: ran.append(j["dir"]) or dict(
+        final=dict(student=0.0, teacher=0.0), seconds=0.0, pi_kind="calls", horizon=1))
+    compare.run_jobs(cfg, [job], lambda j: 0)
+    assert ran == [job["dir"]] and json.load(open(job["dir"] + ".stale-1/config.json"))["beta"] == 0.1
+    assert not os.path.exists(job["dir"])  # free for the new run (execute makes the folder)
+
+
 def test_compare_jobs_keep_each_algorithms_defaults_the_users_flags_and_seeds():
     cfg = config.parse_args(compare.CompareConfig, ["--lr=1e-3", "--seed=5", "--seeds=2", "--horizons=1,3"])
     jobs = compare.horizon_jobs(cfg)
