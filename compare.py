@@ -388,12 +388,14 @@ def horizon_sweep(cfg, command):
         h = j["config"].get("horizon", 1)  # a job's config holds only what differs from the defaults
         return j["seed"], h not in ends, h, j["method"] == "SFT w/ CoT + RL", j["sft"] is None
     if cfg.report:  # the table of the runs finished so far (a sweep still running, or stopped), running nothing
-        results = [r for r in map(cached, jobs) if r is not None]
-        print(f"--report: {len(results)} of {len(jobs)} runs finished")
+        jobs = [j for j in jobs if cached(j) is not None]
+        print(f"--report: {len(jobs)} of {len(horizon_jobs(cfg))} runs finished")
+        results = [cached(j) for j in jobs]
     else:
         results = run_jobs(cfg, jobs, priority)
     print(write_horizon_report(cc, command, premise, results, hardware(cfg)))
     plot_horizons(cc, premise, results)
+    plot_kind_curves(cc, premise, jobs)
 
 
 def write_horizon_report(cc, command, premise, results, hardware):
@@ -446,7 +448,8 @@ def write_horizon_report(cc, command, premise, results, hardware):
                 lines.append(f"| {method} | {h} | " + " | ".join(
                     mean_std([r["final"]["student"] if x == h else r["ood"][str(x)] for r in runs_here], True)
                     for x in premise) + " |")
-    lines += ["", "![held-out student success against horizon](horizon.png)", ""]
+    lines += ["", "![held-out student success against horizon](horizon.png)", "",
+              "![requests of each kind solved, held out, over training](horizon_kinds.png)", ""]
     with open(os.path.join(cc["out_dir"], "horizon.md"), "w") as f:
         f.write("\n".join(lines))
     return "\n".join(lines)
@@ -472,6 +475,36 @@ def plot_horizons(cc, premise, results):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(cc["out_dir"], "horizon.png"), dpi=100)
+    plt.close(fig)
+
+
+def plot_kind_curves(cc, premise, jobs):
+    """horizon_kinds.png: held-out learning curves per request kind (a row per horizon, a column per kind), one line
+    per method, the mean over its finished seeds: which kinds each method learns, when, and which never."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    kinds = list(toy_env.REQUESTS)
+    premise = [h for h in premise if any(j["config"].get("horizon", 1) == h for j in jobs)]  # horizons with runs
+    fig, axes = plt.subplots(len(premise), len(kinds), figsize=(4 * len(kinds), 2.8 * len(premise)), squeeze=False,
+                             sharex=True, sharey=True)
+    for row, h in zip(axes, premise):
+        for method in METHODS:
+            evals = [[r for r in runs.read_metrics(os.path.join(j["dir"], "metrics.jsonl")) if r.get("eval")]
+                     for j in jobs if j["method"] == method and j["config"].get("horizon", 1) == h]
+            if not evals:
+                continue
+            rounds = [r["round"] for r in evals[0]]
+            for ax, kind in zip(row, kinds):
+                ax.plot(rounds, [100 * np.nanmean([e[i].get(f"student_{kind}", np.nan) for e in evals if i < len(e)])
+                                 for i in range(len(rounds))], label=method, color=f"C{list(METHODS).index(method)}")
+        for ax, kind in zip(row, kinds):
+            ax.set_title(f"horizon {h}: {kind} requests solved (%)", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("round")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(cc["out_dir"], "horizon_kinds.png"), dpi=90)
     plt.close(fig)
 
 

@@ -1357,6 +1357,9 @@ def test_the_horizon_sweep_runs_each_job_once_reports_each_and_writes_the_table(
                       sft=None, ood={str(h): 0.1 for h in job["ood"]}, seconds=1.0, resumed=False)
         os.makedirs(job["dir"], exist_ok=True)
         json.dump(result, open(os.path.join(job["dir"], "result.json"), "w"))
+        with open(os.path.join(job["dir"], "metrics.jsonl"), "w") as f:  # two evaluations, for the per-kind curves
+            f.writelines(json.dumps(dict(round=r, eval=True, **{f"student_{k}": 0.25 for k in toy_env.REQUESTS})) + "\n"
+                         for r in (0, 1))
         return result
     monkeypatch.setattr(compare, "execute", fake_execute)
     argv = ["--horizons=1,3", "--seeds=1", "--workers=1", f"--out_dir={tmp_path}"]
@@ -1368,6 +1371,7 @@ def test_the_horizon_sweep_runs_each_job_once_reports_each_and_writes_the_table(
     table = (tmp_path / "horizon.md").read_text()
     assert "| π-Distill α=0 | 50.0 (n=1) | 50.0 (n=1) |" in table and "| RL | 25 / 25 / 25 | 25 / 25 / 25 |" in table
     assert "| OPSD | 3 | 10.0 (n=1) | 50.0 (n=1) |" in table  # trained at 3: tested at 1 (out of domain), then 3
+    assert (tmp_path / "horizon.png").stat().st_size > 0 and (tmp_path / "horizon_kinds.png").stat().st_size > 0
     monkeypatch.setattr(compare, "execute", lambda *a: pytest.fail("a finished run was redone"))
     compare.main(argv)
     assert (tmp_path / "horizon.md").read_text() == table
