@@ -52,6 +52,8 @@ METHODS = {
     "π-Distill α=0.5": ("pi_distill", dict(alpha=0.5), ""),   # α annealed 0 → 0.5, as the paper does
     "π-Distill α=1": ("pi_distill", dict(alpha=1.0, alpha_anneal_rounds=0), ""),
 }
+METHOD_KEYS = {"rl": "RL", "sft": "SFT w/o CoT + RL", "sft_cot": "SFT w/ CoT + RL", "opsd": "OPSD",  # --methods
+               "pi_distill": "π-Distill α=0", "pi_distill_0.5": "π-Distill α=0.5", "pi_distill_1": "π-Distill α=1"}
 PI_METHODS = ["π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "OPSD"]  # the ones that use the PI
 BETAS = [0.0, 0.25, 0.5]  # the KL penalty in the shaped reward, swept for the default π-Distill (α = 0)
 
@@ -70,6 +72,9 @@ class CompareConfig(config.Config):
     report: bool = config.knob(False, "with --horizons: write the table from the runs finished so far, run nothing")
     horizons: str = config.knob("", "comma-separated toy-world horizons, e.g. 1,2,3: every method at each (no PI-kind "
                                 "or β rows), each run kept in <out_dir>/horizon/; empty: the table at --horizon")
+    methods: str = config.knob("all", "with --horizons: the methods to run, comma-separated keys of "
+                               + " ".join(METHOD_KEYS) + " (e.g. opsd,pi_distill for more seeds of two); the "
+                               "table holds every finished run")
 
     def check(self):
         super().check()
@@ -81,6 +86,10 @@ class CompareConfig(config.Config):
             raise config.ConfigError(f"horizons={self.horizons!r}: allowed distinct horizons 1 to {toy_env.MAX_HORIZON}")
         if chosen and self.env != "toy":
             raise config.ConfigError(f"horizons={self.horizons!r}: a setting of the toy world, not --env={self.env}")
+        unknown = [m for m in self.methods.split(",") if m not in METHOD_KEYS] if self.methods != "all" else []
+        if unknown or not self.methods:
+            raise config.ConfigError(f"methods={self.methods!r}: allowed all, or comma-separated keys of "
+                                     + ", ".join(METHOD_KEYS))
 
 
 # ----------------------------------------------------------------------------- the SFT baselines
@@ -387,12 +396,12 @@ def horizon_sweep(cfg, command):
     def priority(j):
         h = j["config"].get("horizon", 1)  # a job's config holds only what differs from the defaults
         return j["seed"], h not in ends, h, j["method"] == "SFT w/ CoT + RL", j["sft"] is None
-    if cfg.report:  # the table of the runs finished so far (a sweep still running, or stopped), running nothing
-        jobs = [j for j in jobs if cached(j) is not None]
-        print(f"--report: {len(jobs)} of {len(horizon_jobs(cfg))} runs finished")
-        results = [cached(j) for j in jobs]
-    else:
-        results = run_jobs(cfg, jobs, priority)
+    if not cfg.report:  # --report: the table of the runs finished so far (a sweep running, or stopped), running nothing
+        chosen = set(METHOD_KEYS.values()) if cfg.methods == "all" else {METHOD_KEYS[m] for m in cfg.methods.split(",")}
+        run_jobs(cfg, [j for j in jobs if j["method"] in chosen], priority)
+    all_jobs, jobs = jobs, [j for j in jobs if cached(j) is not None]  # the table: every finished run
+    print(f"{len(jobs)} of {len(all_jobs)} runs finished")
+    results = [cached(j) for j in jobs]
     print(write_horizon_report(cc, command, premise, results, hardware(cfg)))
     plot_horizons(cc, premise, results)
     plot_kind_curves(cc, premise, jobs)
