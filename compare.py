@@ -26,6 +26,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 
+import matplotlib
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 import torch
 
@@ -219,6 +222,13 @@ def move_stale_run(job):
 # ----------------------------------------------------------------------------- the report
 
 
+def write_page(cc, name, lines):
+    text = "\n".join(lines)
+    with open(os.path.join(cc["out_dir"], name), "w") as f:
+        f.write(text)
+    return text
+
+
 def mean_std(values, percent=False):
     """Mean ± std over seeds ("–" for none); with percent, in % and followed by the number of seeds."""
     values = [100 * v if percent else v for v in values if v is not None]
@@ -273,15 +283,10 @@ def write_report(cc, command, premise, results, hardware):
         lines.append(f"| {beta} | " + " | ".join(final("π-Distill α=0", k, beta=tag)
                                                  for k in ("student", "teacher", "kl_token")) + " |")
     lines += ["", "![curves](curves.png)", "", "![initial KL against final success](kl_vs_success.png)", ""]
-    with open(os.path.join(cc["out_dir"], "results.md"), "w") as f:
-        f.write("\n".join(lines))
-    return "\n".join(lines)
+    return write_page(cc, "results.md", lines)
 
 
 def plot(cc, premise, results):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
     for method in METHODS:
         curves = [r["curve"] for r in results if r["method"] == method and r["pi_kind"] == "calls" and "beta" not in r]
@@ -459,15 +464,10 @@ def write_horizon_report(cc, command, premise, results, hardware):
                     for x in premise) + " |")
     lines += ["", "![held-out student success against horizon](horizon.png)", "",
               "![requests of each kind solved, held out, over training](horizon_kinds.png)", ""]
-    with open(os.path.join(cc["out_dir"], "horizon.md"), "w") as f:
-        f.write("\n".join(lines))
-    return "\n".join(lines)
+    return write_page(cc, "horizon.md", lines)
 
 
 def plot_horizons(cc, premise, results):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(list(premise), [100 * p["student"] for p in premise.values()], "k--", marker="x", label="base")
     for method in METHODS:
@@ -490,9 +490,6 @@ def plot_horizons(cc, premise, results):
 def plot_kind_curves(cc, premise, jobs):
     """horizon_kinds.png: held-out learning curves per request kind (a row per horizon, a column per kind), one line
     per method, the mean over its finished seeds: which kinds each method learns, when, and which never."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     kinds = list(toy_env.REQUESTS)
     premise = [h for h in premise if any(j["config"].get("horizon", 1) == h for j in jobs)]  # horizons with runs
     fig, axes = plt.subplots(len(premise), len(kinds), figsize=(4 * len(kinds), 2.8 * len(premise)), squeeze=False,
