@@ -402,11 +402,11 @@ def horizon_sweep(cfg, command):
         h = j["config"].get("horizon", 1)  # a job's config holds only what differs from the defaults
         return j["seed"], h not in ends, h, j["method"] == "SFT w/ CoT + RL", j["sft"] is None
     if not cfg.report:  # --report: the table of the runs finished so far (a sweep running, or stopped), running nothing
-        chosen = set(METHOD_KEYS.values()) if cfg.methods == "all" else {METHOD_KEYS[m] for m in cfg.methods.split(",")}
+        chosen = set(METHODS) if cfg.methods == "all" else {METHOD_KEYS[m] for m in cfg.methods.split(",")}
         run_jobs(cfg, [j for j in jobs if j["method"] in chosen], priority)
-    all_jobs, jobs = jobs, [j for j in jobs if cached(j) is not None]  # the table: every finished run
-    print(f"{len(jobs)} of {len(all_jobs)} runs finished")
-    results = [cached(j) for j in jobs]
+    finished = [(j, r) for j in jobs if (r := cached(j)) is not None]  # the table: every finished run
+    print(f"{len(finished)} of {len(jobs)} runs finished")
+    jobs, results = [j for j, _ in finished], [r for _, r in finished]
     print(write_horizon_report(cc, command, premise, results, hardware(cfg)))
     plot_horizons(cc, premise, results)
     plot_kind_curves(cc, premise, jobs)
@@ -487,14 +487,14 @@ def plot_horizons(cc, premise, results):
     plt.close(fig)
 
 
-def plot_kind_curves(cc, premise, jobs):
+def plot_kind_curves(cc, horizons, jobs):
     """horizon_kinds.png: held-out learning curves per request kind (a row per horizon, a column per kind), one line
     per method, the mean over its finished seeds: which kinds each method learns, when, and which never."""
     kinds = list(toy_env.REQUESTS)
-    premise = [h for h in premise if any(j["config"].get("horizon", 1) == h for j in jobs)]  # horizons with runs
-    fig, axes = plt.subplots(len(premise), len(kinds), figsize=(4 * len(kinds), 2.8 * len(premise)), squeeze=False,
+    horizons = [h for h in horizons if any(j["config"].get("horizon", 1) == h for j in jobs)]  # those with runs
+    fig, axes = plt.subplots(len(horizons), len(kinds), figsize=(4 * len(kinds), 2.8 * len(horizons)), squeeze=False,
                              sharex=True, sharey=True)
-    for row, h in zip(axes, premise):
+    for row, h in zip(axes, horizons):
         for method in METHODS:
             evals = [[r for r in runs.read_metrics(os.path.join(j["dir"], "metrics.jsonl")) if r.get("eval")]
                      for j in jobs if j["method"] == method and j["config"].get("horizon", 1) == h]

@@ -1386,6 +1386,7 @@ def test_the_horizon_sweep_runs_each_job_once_reports_each_and_writes_the_table(
     compare.main(argv + ["--methods=opsd", "--seeds=2"])
     assert sorted(started) == [("OPSD", 1), ("OPSD", 3), ("OPSD", 3)]  # seed 1 at both; seed 0 at 3 was deleted
     assert "| OPSD | 50.0 ± 0.0 (n=2) | 50.0 ± 0.0 (n=2) |" in (tmp_path / "horizon.md").read_text()
+    assert set(compare.METHOD_KEYS.values()) == set(compare.METHODS)  # every method has a key
     with pytest.raises(config.ConfigError, match="methods='ppo'"):
         compare.CompareConfig(horizons="1", methods="ppo")
 

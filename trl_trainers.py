@@ -239,8 +239,7 @@ class TwoViewTrainer(GRPOTrainer):
         # which groups are kept needs each whole group, and a group may straddle two ranks: decide on the gathered batch
         everything = self.accelerator.gather(torch.cat([out["advantages"].unsqueeze(1), values], 1))
         keep = self.kept_groups(everything[:, 1], everything[:, 0])
-        # the same on every rank: decided on the gathered round (π-Distill's forward KL learns from every episode)
-        self.round_has_signal = bool(keep.any()) or getattr(self.cfg, "forward_kl_coef", 0) > 0
+        self.round_has_signal = self.has_signal(keep)  # the same on every rank: decided on the gathered round
         rank = self.accelerator.process_index
         out["keep"] = keep[rank * n:(rank + 1) * n]
         out["num_items_in_batch"] = self.accelerator.gather(self.loss_mask(out).sum()).sum()
@@ -252,6 +251,10 @@ class TwoViewTrainer(GRPOTrainer):
             print(f"round {record['round']:4d} | " + " | ".join(f"{k} {v:.3g}" for k, v in list(record.items())[1:]),
                   flush=True)
         return out
+
+    def has_signal(self, keep):
+        """Whether the round's loss learns anything: some group kept."""
+        return bool(keep.any())
 
     def create_optimizer(self, model=None):
         """TRL's optimizer, whose step does nothing in a round without a kept group, as the native loop takes none
@@ -372,6 +375,9 @@ class PiDistillTrainer(TwoViewTrainer):
 
     def kept_groups(self, rewards, advantages):  # over the gathered round
         return pi_distill.kept_groups(rewards, advantages, self.cfg)
+
+    def has_signal(self, keep):  # the student's forward KL learns from every episode, kept or not
+        return super().has_signal(keep) or self.cfg.forward_kl_coef > 0
 
     def _compute_loss(self, model, inputs):
         cfg = self.cfg
