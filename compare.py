@@ -445,6 +445,13 @@ def write_horizon_report(cc, command, premise, results, hardware):
               "| method | " + " | ".join(f"horizon {h}" for h in premise) + " |", "|---|" + "---|" * len(premise)]
     for method in METHODS:
         lines.append(f"| {method} | " + " | ".join(kinds(by.get((method, h), [])) for h in premise) + " |")
+    lines += ["", "## Every run, seed by seed: held-out student success, % (cancel / return / status solved)", "",
+              "| method | seed | " + " | ".join(f"horizon {h}" for h in premise) + " |", "|---|---|" + "---|" * len(premise)]
+    for method in METHODS:  # the means above hide a seed that never learns a kind; this shows it
+        for seed in sorted({r["seed"] for h in premise for r in by.get((method, h), [])}):
+            cells = [[r for r in by.get((method, h), []) if r["seed"] == seed] for h in premise]
+            lines.append(f"| {method} | {seed} | " + " | ".join(
+                f"{100 * here[0]['final']['student']:.1f} ({kinds(here)})" if here else "–" for here in cells) + " |")
     lines += ["", "## The teacher (PI = calls) at the end, held out (%); its requests per kind", "",
               "| method | " + " | ".join(f"horizon {h}" for h in premise) + " |", "|---|" + "---|" * len(premise)]
     for method in PI_METHODS:
@@ -480,7 +487,7 @@ def plot_horizons(cc, premise, results):
                         label=method)
     ax.set(xlabel="horizon (requests per episode)", ylabel="held-out student success (%)", xticks=list(premise),
            ylim=(0, None), title=f"{cc['rounds'] * cc['tasks_per_round'] * cc['group_size']:,} episodes per run; "
-                                 + ("1 seed" if cc["seeds"] == 1 else f"mean ± std over {cc['seeds']} seeds"))
+                                 "mean ± std over the finished seeds (n: results/horizon.md)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(cc["out_dir"], "horizon.png"), dpi=100)

@@ -1381,11 +1381,14 @@ def test_the_horizon_sweep_runs_each_job_once_reports_each_and_writes_the_table(
     compare.main(argv + ["--report=True"])
     partial = (tmp_path / "horizon.md").read_text()
     assert "| π-Distill α=0 | 50.0 (n=1) | – |" in partial and "7 of 14 runs finished" in capsys.readouterr().out
+    assert "| RL | 0 | 50.0 (25 / 25 / 25) | – |" in partial  # every run, seed by seed
     monkeypatch.setattr(compare, "execute", fake_execute)  # more seeds of one method: only its runs are made
     started.clear()
     compare.main(argv + ["--methods=opsd", "--seeds=2"])
     assert sorted(started) == [("OPSD", 1), ("OPSD", 3), ("OPSD", 3)]  # seed 1 at both; seed 0 at 3 was deleted
-    assert "| OPSD | 50.0 ± 0.0 (n=2) | 50.0 ± 0.0 (n=2) |" in (tmp_path / "horizon.md").read_text()
+    table = (tmp_path / "horizon.md").read_text()
+    assert "| OPSD | 50.0 ± 0.0 (n=2) | 50.0 ± 0.0 (n=2) |" in table
+    assert "| OPSD | 1 | 50.0 (25 / 25 / 25) | 50.0 (25 / 25 / 25) |" in table
     assert set(compare.METHOD_KEYS.values()) == set(compare.METHODS)  # every method has a key
     with pytest.raises(config.ConfigError, match="methods='ppo'"):
         compare.CompareConfig(horizons="1", methods="ppo")
