@@ -4,13 +4,17 @@ compare.py -- the paper's table in miniature (PAPER.md §6-§9): every method on
     python compare.py --quick           # 1 seed, 100 rounds per method, 150 SFT steps
     python compare.py                   # 3 seeds, 400 rounds per method: a GPU, or a long CPU run
     python compare.py --horizons=1,2,3  # every method at each horizon: results/horizon.md
+    python compare.py --seeds=1 --methods=opsd,pi_distill   # only those methods' runs (PI kinds, β); every
+                                                            # finished run in the table
 
 The budget is the number of sampled episodes: every method runs `rounds` rounds of tasks_per_round × group_size
 episodes (25,600 at the defaults), one gradient step per round (two for π-Distill, its default). The SFT
 baselines first train on sft_steps × sft_batch of the frontier agent's traces (demonstrations, not sampled
 episodes), then do the same RL.
-Every run is one process, cached in results/runs/<hash of its config>/: rerunning the command redoes only
-what did not finish. Writes results/results.md, results/curves.png and results/kl_vs_success.png.
+Every run is one process, cached in results/horizon/<hash of its config>/ (both modes: a run at horizon 1 is the
+same run in either): rerunning the command redoes only what did not finish, and the tables hold every finished run.
+Writes results/results.md, results/curves.png and results/kl_vs_success.png (at --horizon, with the PI kinds and β),
+or with --horizons results/horizon.md, horizon.png and horizon_kinds.png.
 """
 import copy
 import dataclasses
@@ -72,12 +76,12 @@ class CompareConfig(config.Config):
     sft_batch: int = config.knob(32, "SFT baselines: traces per step", ">= 1")
     sft_lr: float = config.knob(1e-3, "SFT baselines: learning rate", "(0, 0.1]")
     sft_eval_every: int = config.knob(50, "SFT baselines: steps between validation evaluations", ">= 1")
-    report: bool = config.knob(False, "with --horizons: write the table from the runs finished so far, run nothing")
+    report: bool = config.knob(False, "write the tables from the runs finished so far, run nothing")
     horizons: str = config.knob("", "comma-separated toy-world horizons, e.g. 1,2,3: every method at each (no PI-kind "
                                 "or β rows), each run kept in <out_dir>/horizon/; empty: the table at --horizon")
-    methods: str = config.knob("all", "with --horizons: the methods to run, comma-separated keys of "
-                               + " ".join(METHOD_KEYS) + " (e.g. opsd,pi_distill for more seeds of two); the "
-                               "table holds every finished run")
+    methods: str = config.knob("all", "the methods to run, comma-separated keys of " + " ".join(METHOD_KEYS)
+                               + " (e.g. opsd,pi_distill for more seeds of two, or their PI-kind and β runs); "
+                               "the tables hold every finished run")
 
     def check(self):
         super().check()
@@ -137,10 +141,11 @@ def sft(run, cot, cc):
 SHARED_DEFAULTS = dataclasses.asdict(config.Config())
 
 
-def job(cc, method, seed, algorithm, overrides, sft_kind, folder="runs"):
+def job(cc, method, seed, algorithm, overrides, sft_kind):
     """A run is described by plain data; its hash names its folder, so a finished run is found again. A flag the
     user changed applies to every method; one left at its default keeps each algorithm's own default (π-Distill's
-    cosine rate, OPSD's frozen teacher)."""
+    cosine rate, OPSD's frozen teacher). In the toy world the trained student is also tested at every other horizon
+    (out of domain), so a run is the same whichever mode made it."""
     config_class = ALGORITHMS[algorithm][1]
     changed = {k: v for k, v in cc.items() if k in SHARED_DEFAULTS and v != SHARED_DEFAULTS[k]}
     values = dataclasses.asdict(config_class(**changed | overrides | dict(seed=seed, base_stats=False)))
@@ -152,7 +157,8 @@ def job(cc, method, seed, algorithm, overrides, sft_kind, folder="runs"):
                 sft={k: cc[k] for k in ("sft_steps", "sft_batch", "sft_lr", "sft_eval_every")} | {"kind": sft_kind}
                 if sft_kind else None)
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    return dict(spec, method=method, seed=seed, dir=os.path.join(cc["out_dir"], folder, key))
+    ood = [h for h in range(1, toy_env.MAX_HORIZON + 1) if h != cc["horizon"]] if cc["env"] == "toy" else []
+    return dict(spec, method=method, seed=seed, dir=os.path.join(cc["out_dir"], "horizon", key), ood=ood)
 
 
 def execute(job, threads):
@@ -243,29 +249,32 @@ def write_report(cc, command, premise, results, hardware):
     by = {}
     for r in results:
         by.setdefault((r["method"], r["pi_kind"], r.get("beta")), []).append(r)
-    def final(method, key, kind="calls", beta=None):
-        return mean_std([r["final"].get(key) for r in by.get((method, kind, beta), [])])
+    def final(method, key, kind="calls", beta=None):  # success in %, with the number of seeds
+        return mean_std([r["final"].get(key) for r in by.get((method, kind, beta), [])], percent=key != "kl_token")
     lines = [
-        "# The paper's table on the toy world",
+        f"# The paper's table on the toy world, horizon {cc['horizon']}" if cc["env"] == "toy" else
+        f"# The paper's table on {cc['env']}",
         "",
-        f"`{command}`: {cc['seeds']} seed(s), {cc['rounds']} rounds × "
+        f"`{command}`: {cc['rounds']} rounds × "
         f"{cc['tasks_per_round']} tasks × {cc['group_size']} episodes = {cc['rounds'] * cc['tasks_per_round'] * cc['group_size']:,} "
         f"sampled episodes per method (one gradient step per round, two for π-Distill); "
         f"SFT first trains {cc['sft_steps']} steps × "
         f"{cc['sft_batch']} frontier traces. Held-out student success (no PI) on {cc['eval_tasks']} test tasks, "
-        f"sampled at temperature {cc['temperature']}, mean ± std over seeds. {hardware}, {cc['workers']} runs at a time; "
+        f"sampled at temperature {cc['temperature']}, %, mean ± std over the finished seeds (n). {hardware}, {cc['workers']} runs at a time; "
         f"the runs took {sum(r['seconds'] for r in results) / 60:.0f} min in all.",
         "",
         "| method | student | shortcut tasks | other tasks | teacher (PI=calls) |",
         "|---|---|---|---|---|",
-        "| frontier agent (reference) | 1.000 | 1.000 | 1.000 | |",
-        f"| base | " + " | ".join(mean_std([premise.get(k)]) for k in ("student", "student_shortcut", "student_normal"))
-        + f" | {premise['calls']['teacher']:.3f} |",  # an environment of the user's has no toy statistics
+        "| frontier agent (reference) | 100.0 | 100.0 | 100.0 | |",
+        f"| base | " + " | ".join(f"{100 * premise[k]:.1f}" if k in premise else "–"  # a user's environment has no
+                                 for k in ("student", "student_shortcut", "student_normal"))  # toy statistics
+        + f" | {100 * premise['calls']['teacher']:.1f} |",
     ]
     for label in ("SFT w/o CoT", "SFT w/ CoT"):  # the SFT checkpoints the "+ RL" runs started from
         runs = [r for r in results if r["method"] == label + " + RL"]
         lines.append(f"| {label} (checkpoint by validation) | " + " | ".join(
-            mean_std([r["sft"].get(k) for r in runs]) for k in ("student", "student_shortcut", "student_normal")) + " | |")
+            mean_std([r["sft"].get(k) for r in runs], True) for k in ("student", "student_shortcut", "student_normal"))
+            + " | |")
     for method in METHODS:
         lines.append(f"| {method} | " + " | ".join(
             final(method, k) for k in ("student", "student_shortcut", "student_normal", "teacher")) + " |")
@@ -274,7 +283,7 @@ def write_report(cc, command, premise, results, hardware):
               + " | ".join(PI_METHODS) + " |", "|---|---|---|---|---|" + "---|" * len(PI_METHODS)]
     for kind in PI_KINDS:
         s = premise[kind]
-        lines.append(f"| {kind} | {s['teacher']:.3f} | {s['delta']:+.3f} | {s['kl_token']:.3f} | "
+        lines.append(f"| {kind} | {100 * s['teacher']:.1f} | {100 * s['delta']:+.1f} | {s['kl_token']:.3f} | "
                      f"{s['kl_episode']:.2f} | " + " | ".join(final(m, "student", kind) for m in PI_METHODS) + " |")
     lines += ["", "## β, the KL penalty in the shaped reward (π-Distill α = 0, PI = calls)", "",
               "| β | student | teacher | KL(T‖S) per token at the end |", "|---|---|---|---|"]
@@ -296,7 +305,7 @@ def plot(cc, premise, results):
             ax.plot(x, y.mean(0), marker="o", label=method)
             ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
     ax.set(xlabel="episodes sampled", ylabel="held-out student success (no PI)", ylim=(0, None),
-           title=f"toy world, {cc['seeds']} seed(s): mean, band = min..max over seeds")
+           title="mean, band = min..max over the finished seeds")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(cc["out_dir"], "curves.png"), dpi=100)
@@ -305,7 +314,8 @@ def plot(cc, premise, results):
     for method, marker in zip(PI_METHODS, "os^D"):
         points = [(premise[r["pi_kind"]]["kl_token"], r["final"]["student"]) for r in results
                   if r["method"] == method and "beta" not in r]
-        ax.scatter(*zip(*points), marker=marker, label=method)
+        if points:
+            ax.scatter(*zip(*points), marker=marker, label=method)
     for kind in PI_KINDS:
         ax.annotate(kind, (premise[kind]["kl_token"], 0), textcoords="offset points", xytext=(0, 4), ha="center")
     ax.set(xlabel="initial KL(teacher || student) per token", ylabel="final held-out student success",
@@ -335,17 +345,17 @@ def measured_premise(cfg, path):
 
 
 def run_jobs(cfg, jobs, priority):
-    """Every job's result, in the jobs' order: finished runs are read back, the others run cfg.workers at a time,
-    started in the order of priority(job)."""
+    """Runs the jobs not finished yet, cfg.workers at a time, started in the order of priority(job); a line as each
+    finishes."""
     finished = [cached(j) for j in jobs]
     todo = sorted((j for j, r in zip(jobs, finished) if r is None), key=priority)
     for j in todo:
         move_stale_run(j)
     print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to do, {cfg.workers} at a time; logs in "
           f"{os.path.dirname(jobs[0]['dir'])}/*/log.txt", flush=True)
-    done, t0, ran = {}, time.time(), []
+    done, t0, ran = set(), time.time(), []
     def report(j, r, note=""):
-        done[j["dir"]] = r | ({"beta": j["beta"]} if "beta" in j else {})
+        done.add(j["dir"])
         left = len(jobs) - len(done)
         if not note:
             ran.append(r["seconds"])
@@ -366,7 +376,17 @@ def run_jobs(cfg, jobs, priority):
     else:
         for j in todo:
             report(j, execute(j, threads))
-    return [done[j["dir"]] for j in jobs]
+
+
+def run_chosen(cfg, jobs, priority):
+    """Runs the jobs of the methods chosen by --methods (none with --report: a sweep running, or stopped); returns
+    every finished job and its result, in the jobs' order: the tables hold them all."""
+    if not cfg.report:
+        chosen = set(METHODS) if cfg.methods == "all" else {METHOD_KEYS[m] for m in cfg.methods.split(",")}
+        run_jobs(cfg, [j for j in jobs if j["method"] in chosen], priority)
+    finished = [(j, r | ({"beta": j["beta"]} if "beta" in j else {})) for j in jobs if (r := cached(j)) is not None]
+    print(f"{len(finished)} of {len(jobs)} runs finished")
+    return [j for j, _ in finished], [r for _, r in finished]
 
 
 def hardware(cfg):
@@ -378,11 +398,10 @@ def hardware(cfg):
 # ----------------------------------------------------------------------------- the horizon sweep
 
 def horizon_jobs(cfg):
-    """Every method at each of --horizons, seed by seed; each student is also tested at every other horizon."""
-    cc, every = dataclasses.asdict(cfg), range(1, toy_env.MAX_HORIZON + 1)
-    return [job(cc | dict(horizon=h), m, seed, a, o, s, folder="horizon") | dict(ood=[x for x in every if x != h])
-            for seed in range(cfg.seed, cfg.seed + cfg.seeds) for h in map(int, cfg.horizons.split(","))
-            for m, (a, o, s) in METHODS.items()]
+    """Every method at each of --horizons, seed by seed."""
+    cc = dataclasses.asdict(cfg)
+    return [job(cc | dict(horizon=h), m, seed, a, o, s) for seed in range(cfg.seed, cfg.seed + cfg.seeds)
+            for h in map(int, cfg.horizons.split(",")) for m, (a, o, s) in METHODS.items()]
 
 
 def horizon_sweep(cfg, command):
@@ -401,12 +420,7 @@ def horizon_sweep(cfg, command):
     def priority(j):
         h = j["config"].get("horizon", 1)  # a job's config holds only what differs from the defaults
         return j["seed"], h not in ends, h, j["method"] == "SFT w/ CoT + RL", j["sft"] is None
-    if not cfg.report:  # --report: the table of the runs finished so far (a sweep running, or stopped), running nothing
-        chosen = set(METHODS) if cfg.methods == "all" else {METHOD_KEYS[m] for m in cfg.methods.split(",")}
-        run_jobs(cfg, [j for j in jobs if j["method"] in chosen], priority)
-    finished = [(j, r) for j in jobs if (r := cached(j)) is not None]  # the table: every finished run
-    print(f"{len(finished)} of {len(jobs)} runs finished")
-    jobs, results = [j for j, _ in finished], [r for _, r in finished]
+    jobs, results = run_chosen(cfg, jobs, priority)
     print(write_horizon_report(cc, command, premise, results, hardware(cfg)))
     plot_horizons(cc, premise, results)
     plot_kind_curves(cc, premise, jobs)
@@ -544,9 +558,10 @@ def main(argv=None):
         for beta in BETAS:
             if beta != pi_distill.PiDistillConfig.beta:
                 jobs.append(job(cc, "π-Distill α=0", seed, "pi_distill", dict(beta=beta), "") | dict(beta=beta))
-    premise = measured_premise(cfg, os.path.join(cfg.out_dir, "base.json"))
+    name = f"base_h{cfg.horizon}.json" if cfg.env == "toy" else f"base_{cfg.env}.json"  # the sweep's, at horizon h
+    premise = measured_premise(cfg, os.path.join(cfg.out_dir, "horizon", name))
     agent.print_base_statistics(premise, cfg)
-    results = run_jobs(cfg, jobs, lambda j: j["sft"] is None)  # SFT runs are the longest: start them first
+    _, results = run_chosen(cfg, jobs, lambda j: j["sft"] is None)  # SFT runs are the longest: start them first
     plot(cc, premise, results)
     print(write_report(cc, command, premise, results, hardware(cfg)))
     print(f"wrote {cfg.out_dir}/results.md, curves.png, kl_vs_success.png in {time.time() - t0:.0f}s")

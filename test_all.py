@@ -1257,13 +1257,21 @@ def test_compare_runs_every_method_on_one_budget_and_never_redoes_a_run(tmp_path
     table = (tmp_path / "results.md").read_text()
     assert all(f"| {m} |" in table for m in compare.METHODS) and all(f"| {k} |" in table for k in env_api.PI_KINDS)
     assert all(f"| {b} |" in table for b in compare.BETAS) and "SFT w/ CoT (checkpoint by validation)" in table
-    results = [json.loads((d / "result.json").read_text()) for d in (tmp_path / "runs").iterdir()]
+    results = [json.loads(path.read_text()) for path in (tmp_path / "horizon").glob("*/result.json")]
     assert len(results) == len(compare.METHODS) + 2 * len(compare.PI_METHODS) + len(compare.BETAS) - 1
     assert {r["curve"][-1][0] for r in results} == {1 * 8 * 8}  # every method sampled the same episodes
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "kl_vs_success.png").stat().st_size > 0
+    assert all(r["ood"].keys() == {"2", "3"} for r in results)  # the same runs as the horizon sweep's at horizon 1
+    execute = compare.execute
     monkeypatch.setattr(compare, "execute", lambda *args: pytest.fail("a finished run was redone"))
     compare.main(argv)
     assert (tmp_path / "results.md").read_text() == table
+    started = []  # --methods: only those methods' runs (with their PI kinds) are made; the table holds what finished
+    monkeypatch.setattr(compare, "execute", lambda job, threads: started.append(job["method"]) or execute(job, threads))
+    compare.main(argv + ["--methods=opsd", "--seed=1"])
+    table = (tmp_path / "results.md").read_text()
+    assert started == ["OPSD"] * len(env_api.PI_KINDS) and "| RL | – | – | – | – |" in table
+    assert re.search(r"\| OPSD \| \d+\.\d \(n=1\) \|", table) and "| π-Distill α=0 | – |" in table
 
 
 def test_compare_does_not_reuse_a_run_made_before_a_default_changed(tmp_path, monkeypatch):
@@ -1400,7 +1408,8 @@ def test_compare_reports_an_environment_without_the_toy_statistics(tmp_path):
     sft_run = dict(method="SFT w/o CoT + RL", seed=0, pi_kind="calls", final=dict(student=0.2, teacher=0.3),
                    sft=dict(val=0.2, step=1, student=0.2), seconds=1.0, curve=[])
     table = compare.write_report(cc, "python compare.py", premise, [sft_run], "cpu")
-    assert "| base | 0.100 | – | – | 0.500 |" in table and "| SFT w/o CoT (checkpoint by validation) | 0.200 | – | – | |" in table
+    assert "| base | 10.0 | – | – | 50.0 |" in table
+    assert "| SFT w/o CoT (checkpoint by validation) | 20.0 (n=1) | – | – | |" in table
 
 
 def test_the_gpu_check_runs_its_code_path_on_cpu_with_tiny_settings(tmp_path):
