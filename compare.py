@@ -329,6 +329,12 @@ def plot(cc, premise, results):
 # ----------------------------------------------------------------------------- running them
 
 
+def premise_path(cfg):
+    """Where the base's premise at cfg's setting is kept, beside the runs: one file per horizon of the toy world, which
+    both modes share; another environment's in base.json (measured_premise measures again when its key changes)."""
+    return os.path.join(cfg.out_dir, "horizon", f"base_h{cfg.horizon}.json" if cfg.env == "toy" else "base.json")
+
+
 def measured_premise(cfg, path):
     """The base's premise (agent.base_statistics) at cfg's setting, measured once and kept in `path`."""
     key = dict(model=cfg.model or base.base_cache_path(cfg), tasks=cfg.eval_tasks,  # and what shapes an episode:
@@ -411,9 +417,9 @@ def horizon_sweep(cfg, command):
     horizons = [int(h) for h in cfg.horizons.split(",")]
     premise = {}
     for h in horizons:
-        premise[h] = measured_premise(dataclasses.replace(cfg, horizon=h), os.path.join(cfg.out_dir, "horizon",
-                                                                                         f"base_h{h}.json"))
-        agent.print_base_statistics(premise[h], dataclasses.replace(cfg, horizon=h))
+        at_h = dataclasses.replace(cfg, horizon=h)
+        premise[h] = measured_premise(at_h, premise_path(at_h))
+        agent.print_base_statistics(premise[h], at_h)
     jobs = horizon_jobs(cfg)
     ends = (min(horizons), max(horizons))
     # seed by seed, the ends first, the shorter first; at each horizon the SFT w/ CoT run last, the other SFT first
@@ -558,8 +564,7 @@ def main(argv=None):
         for beta in BETAS:
             if beta != pi_distill.PiDistillConfig.beta:
                 jobs.append(job(cc, "π-Distill α=0", seed, "pi_distill", dict(beta=beta), "") | dict(beta=beta))
-    name = f"base_h{cfg.horizon}.json" if cfg.env == "toy" else f"base_{cfg.env}.json"  # the sweep's, at horizon h
-    premise = measured_premise(cfg, os.path.join(cfg.out_dir, "horizon", name))
+    premise = measured_premise(cfg, premise_path(cfg))
     agent.print_base_statistics(premise, cfg)
     _, results = run_chosen(cfg, jobs, lambda j: j["sft"] is None)  # SFT runs are the longest: start them first
     plot(cc, premise, results)
