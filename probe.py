@@ -15,6 +15,10 @@ It samples probe_tasks training tasks, group_size episodes each, from both views
    the same token in the same state, and ρ_S = π_S / π_T. π-Distill's student term moves that token's logits
    by ρ_S·A·∇log π_S (∇ρ_S = ρ_S ∇log π_S): a decision the student gets wrong (small ρ_S) is learned slowly,
    and never where the teacher's group is all successes (A = 0). Beside it, what the student itself would write.
+3. In the teacher's groups of equal rewards, what π-Distill's KL shaping favours. Such a group is kept on
+   β·KL_seq differences alone (unless --drop_flat_rewards): its advantages are A = −β·(KL_seq − the group's
+   mean), positive exactly on the episodes where the two views agree more than the group's average. Split by
+   whether the episode writes the same tool twice in a row (a loop), the share of each with A > 0.
 """
 import collections
 import dataclasses
@@ -25,6 +29,8 @@ import torch
 import agent
 import base
 import config
+import pi_distill
+import rl
 import toy_env
 from run import NEW_RUN
 
@@ -61,8 +67,14 @@ def decisions(episode, cfg):
     return found
 
 
+def repeats_a_tool(episode):
+    """Whether the episode writes the same tool twice in a row: a loop."""
+    tools = [text.split()[0] if text.split() else "" for text, _ in episode.turns]
+    return any(a == b for a, b in zip(tools, tools[1:]))
+
+
 def probe(cfg):
-    """Prints the two tables of the module docstring; returns them as dicts (the tests read them)."""
+    """Prints the three tables of the module docstring; returns them as dicts (the tests read them)."""
     model, tok = load(cfg)
     rng, G = random.Random(cfg.seed), cfg.group_size
     tasks = [("train", s) for s in [rng.randrange(agent.VAL_SEEDS) for _ in range(cfg.probe_tasks)] for _ in range(G)]
@@ -109,7 +121,29 @@ def probe(cfg):
         print(f"  {kind:8s} {n:5d}  {', '.join(f'{w} {c / n:.0%}' for w, c in wrote.most_common(2)):16s} "
               f"{table[kind]['pi_T']:6.3f} {table[kind]['pi_S']:6.3f} {table[kind]['rho_S']:6.3f}  "
               + ", ".join(f"{w} {c / n:.0%}" for w, c in top.most_common(2)))
-    return signal, table
+
+    with torch.no_grad():  # KL_seq as π-Distill's step 2 computes it (the mean over the episode's written tokens)
+        kl = agent.two_view_scores(model, model, tok, teacher_episodes, cfg.temperature, kl="T||S", entropy=False)["kl"]
+    mask = agent.batch_continuations(teacher_episodes, kl.device)[1]
+    kl_seq = (kl * mask).sum(1) / mask.sum(1).clamp(min=1)
+    # in a group of equal rewards A = −β·(KL_seq − its mean); > 1e-6, the margin by which rl.groups_with_signal keeps one
+    beta = pi_distill.PiDistillConfig.beta
+    favoured = (rl.group_advantages(-beta * kl_seq, G) > 1e-6).view(-1, G)
+    kl_seq = kl_seq.view(-1, G)
+    flat = {True: [], False: []}  # loops or not -> (A > 0, KL_seq) per episode of a group of equal rewards
+    for g in range(cfg.probe_tasks):
+        group = teacher_episodes[g * G:(g + 1) * G]
+        if len({e.reward for e in group}) == 1:
+            for e, a, k in zip(group, favoured[g].tolist(), kl_seq[g].tolist()):
+                flat[repeats_a_tool(e)].append((a, k))
+    shaping = {loops: dict(n=len(rows), favoured=sum(a for a, _ in rows) / len(rows), kl_seq=sum(k for _, k in rows)
+                           / len(rows)) for loops, rows in flat.items() if rows}
+    print(f"\nin the teacher's groups of equal rewards ({sum(len(r) for r in flat.values()) // G} of {cfg.probe_tasks}), "
+          f"what the KL shaping favours (A > 0 at β = {beta}: KL_seq below the group's mean):")
+    for loops, row in shaping.items():
+        print(f"  {'repeats a tool' if loops else 'no repeat':15s} {row['n']:5d} episodes  A > 0 in {row['favoured']:.0%}"
+              f"  KL_seq {row['kl_seq']:.3f}")
+    return signal, table, shaping
 
 
 if __name__ == "__main__":

@@ -1172,10 +1172,19 @@ def test_probe_counts_every_group_and_reads_a_runs_checkpoint(tiny, tmp_path, ca
     probe_cfg = probe.ProbeConfig(**dataclasses.asdict(cfg) | dict(ckpt=str(tmp_path / "ckpt.pt"), probe_tasks=3))
     probed, _ = probe.load(probe_cfg)
     assert any(not torch.equal(a, b) for a, b in zip(probed.state_dict().values(), model.state_dict().values()))
-    signal, table = probe.probe(probe_cfg)
+    signal, table, shaping = probe.probe(probe_cfg)
     for view in ("teacher", "student"):
         assert signal[view]["all"][1] == 3 and 0 <= signal[view]["all"][0] <= 3
     assert all(0 < row["pi_T"] <= 1 and 0 < row["pi_S"] <= 1 for row in table.values())
+    flat_groups = 3 - signal["teacher"]["all"][0]  # the teacher's groups of equal rewards, G episodes each
+    assert sum(row["n"] for row in shaping.values()) == flat_groups * probe_cfg.group_size
+    if flat_groups:  # in each group KL_seq is below the group's mean on some episodes, never on all of them
+        assert sum(row["favoured"] * row["n"] for row in shaping.values()) < flat_groups * probe_cfg.group_size
+        assert all(row["kl_seq"] >= 0 for row in shaping.values())
+    def episode(*actions):
+        return agent.Episode("train", 0, "", "", "", {}, [], [], [], [(a, "ok") for a in actions])
+    assert probe.repeats_a_tool(episode(" find_user ann", " get_orders U1 hat", " get_orders U1 hat"))
+    assert not probe.repeats_a_tool(episode(" find_user ann", " get_orders U1 hat", " cancel #1", " respond done"))
     assert "groups whose rewards differ" in capsys.readouterr().out
 
 
