@@ -52,6 +52,11 @@ def load(cfg):
     return model.eval(), tok
 
 
+def tool_of(text):
+    """The tool an action calls: its first word ("" for an empty action)."""
+    return text.split()[0] if text.split() else ""
+
+
 def decisions(episode, cfg):
     """(position, request kind) of each decision in an episode: the first token of the action that follows an
     order lookup (its write, or its answer for a status request)."""
@@ -59,7 +64,7 @@ def decisions(episode, cfg):
     starts = [j for j, m in enumerate(episode.mask) if m and (j == 0 or not episode.mask[j - 1])]
     found, request, after_lookup = [], 0, False
     for j, (text, _) in zip(starts, episode.turns):
-        tool = text.split()[0] if text.split() else ""
+        tool = tool_of(text)
         if after_lookup and request < len(asks):
             found.append((j, asks[request]["kind"]))
         after_lookup = tool == "get_orders"
@@ -69,7 +74,7 @@ def decisions(episode, cfg):
 
 def repeats_a_tool(episode):
     """Whether the episode writes the same tool twice in a row: a loop."""
-    tools = [text.split()[0] if text.split() else "" for text, _ in episode.turns]
+    tools = [tool_of(text) for text, _ in episode.turns]
     return any(a == b for a, b in zip(tools, tools[1:]))
 
 
@@ -102,7 +107,7 @@ def probe(cfg):
 
     with torch.no_grad():
         logits_S, logp_S = agent.score(model, tok, teacher_episodes, "student", cfg.temperature)
-        _, logp_T = agent.score(model, tok, teacher_episodes, "teacher", cfg.temperature)
+        logits_T, logp_T = agent.score(model, tok, teacher_episodes, "teacher", cfg.temperature)
     rows = collections.defaultdict(list)  # kind -> (teacher's token, π_T, π_S, student's top token)
     for b, e in enumerate(teacher_episodes):
         for j, kind in decisions(e, cfg):
@@ -122,10 +127,9 @@ def probe(cfg):
               f"{table[kind]['pi_T']:6.3f} {table[kind]['pi_S']:6.3f} {table[kind]['rho_S']:6.3f}  "
               + ", ".join(f"{w} {c / n:.0%}" for w, c in top.most_common(2)))
 
-    with torch.no_grad():  # KL_seq as π-Distill's step 2 computes it (the mean over the episode's written tokens)
-        kl = agent.two_view_scores(model, model, tok, teacher_episodes, cfg.temperature, kl="T||S", entropy=False)["kl"]
-    mask = agent.batch_continuations(teacher_episodes, kl.device)[1]
-    kl_seq = (kl * mask).sum(1) / mask.sum(1).clamp(min=1)
+    # KL_seq as π-Distill's step 2 computes it (the mean over the episode's written tokens), from the views' logits above
+    mask = agent.batch_continuations(teacher_episodes, logits_T.device)[1]
+    kl_seq = rl.kl_per_episode(logits_T, logits_S, mask) / mask.sum(1).clamp(min=1)
     # in a group of equal rewards A = −β·(KL_seq − its mean); > 1e-6, the margin by which rl.groups_with_signal keeps one
     beta = pi_distill.PiDistillConfig.beta
     favoured = (rl.group_advantages(-beta * kl_seq, G) > 1e-6).view(-1, G)
