@@ -130,9 +130,9 @@ def probe(cfg):
     # KL_seq as π-Distill's step 2 computes it (the mean over the episode's written tokens), from the views' logits above
     mask = agent.batch_continuations(teacher_episodes, logits_T.device)[1]
     kl_seq = rl.kl_per_episode(logits_T, logits_S, mask) / mask.sum(1).clamp(min=1)
-    # in a group of equal rewards A = −β·(KL_seq − its mean); > 1e-6, the margin by which rl.groups_with_signal keeps one
+    # in a group of equal rewards A = −β·(KL_seq − its mean), a signal where it clears rl.groups_with_signal's margin
     beta = pi_distill.PiDistillConfig.beta
-    favoured = (rl.group_advantages(-beta * kl_seq, G) > 1e-6).view(-1, G)
+    favoured = (rl.group_advantages(-beta * kl_seq, G) > rl.SIGNAL_EPS).view(-1, G)
     kl_seq = kl_seq.view(-1, G)
     flat = {True: [], False: []}  # loops or not -> (A > 0, KL_seq) per episode of a group of equal rewards
     for g in range(cfg.probe_tasks):
@@ -140,8 +140,9 @@ def probe(cfg):
         if len({e.reward for e in group}) == 1:
             for e, a, k in zip(group, favoured[g].tolist(), kl_seq[g].tolist()):
                 flat[repeats_a_tool(e)].append((a, k))
-    shaping = {loops: dict(n=len(rows), favoured=sum(a for a, _ in rows) / len(rows), kl_seq=sum(k for _, k in rows)
-                           / len(rows)) for loops, rows in flat.items() if rows}
+    shaping = {loops: dict(n=len(rows), favoured=sum(a for a, _ in rows) / len(rows),
+                           kl_seq=sum(k for _, k in rows) / len(rows))
+               for loops, rows in flat.items() if rows}
     print(f"\nin the teacher's groups of equal rewards ({sum(len(r) for r in flat.values()) // G} of {cfg.probe_tasks}), "
           f"what the KL shaping favours (A > 0 at β = {beta}: KL_seq below the group's mean):")
     for loops, row in shaping.items():

@@ -14,9 +14,12 @@ def group_advantages(rewards, group_size):
     return (r - r.mean(1, keepdim=True)).view(-1)
 
 
+SIGNAL_EPS = 1e-6  # an advantage this small is float noise from the group's mean, not a signal
+
+
 def groups_with_signal(advantages, group_size):
     """[B] bool: episodes whose group has a nonzero advantage; the others carry no signal and are dropped."""
-    return advantages.view(-1, group_size).abs().amax(1).repeat_interleave(group_size) > 1e-6
+    return advantages.view(-1, group_size).abs().amax(1).repeat_interleave(group_size) > SIGNAL_EPS
 
 
 def clipped_surrogate(logp_new, logp_old, advantages, eps, ratio_cap=None, max_log_ratio=20.0):
